@@ -1,0 +1,80 @@
+"""Training throughput and MFU on this machine: gpt2-124M shape (seq 256) and the tiny model.
+
+    python benchmarks/throughput.py            # all cases, prints a Markdown table
+    python benchmarks/throughput.py --steps 3 --cases tiny
+
+Each case compiles the real sharded train step, runs one warm-up step, then times
+`--steps` steps (median step time). MFU = model FLOPs per token (PaLM convention,
+trainer/model.py) x tokens/s / the peak measured by trainer/metrics.py in the same
+compute dtype.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trainer import config, data, metrics, model, train  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = {
+    'gpt2-124m': (f'{ROOT}/configs/gpt2.py:gpt2', {'train.seq_len': 256, 'train.batch_size': 4}),
+    'tiny': (f'{ROOT}/configs/tiny.py', {'train.batch_size': 8}),
+    'default': ('', {}),
+}
+
+
+def measure(spec: str, overrides: dict, dtype: str, steps: int) -> dict:
+  cfg = config.load(spec, {k: str(v) for k, v in overrides.items()})
+  config.set_value(cfg, 'model.dtype', dtype)
+  config.set_value(cfg, 'model.dropout', 0.0)
+  config.set_value(cfg, 'model.embed_dropout', 0.0)
+  config.set_value(cfg, 'model.attn_dropout', 0.0)
+  config.validate(cfg, jax.device_count())
+  setup = train.build(cfg)
+  state = setup.init_state(cfg.seed)
+  step = setup.compile_train_step()
+  t = cfg.train
+  tokens = np.random.RandomState(0).randint(0, 256, (t.batch_size, t.seq_len + 1)).astype(np.int32)
+  batch = data.to_global(tokens, setup.batch_sharding)
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - start)
+  step_time = statistics.median(times)
+  tokens_per_sec = t.batch_size * t.seq_len / step_time
+  flops = model.flops_per_token(setup.model_cfg, t.seq_len)
+  peak = metrics.peak_flops_total(dtype)
+  return {'tokens_per_sec': tokens_per_sec, 'step_time_s': step_time,
+          'mfu': flops * tokens_per_sec / peak, 'peak_gflops': peak / 1e9}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--cases', nargs='*', default=list(CASES))
+  parser.add_argument('--dtypes', nargs='*', default=['float32', 'bfloat16'])
+  args = parser.parse_args()
+  print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}, cpus: {os.cpu_count()}')
+  print('| case | dtype | tokens/s | step time (s) | MFU | peak GFLOP/s |')
+  print('|---|---|---|---|---|---|')
+  for case in args.cases:
+    spec, overrides = CASES[case]
+    for dtype in args.dtypes:
+      r = measure(spec, overrides, dtype, args.steps)
+      print(f"| {case} | {dtype} | {r['tokens_per_sec']:,.0f} | {r['step_time_s']:.3f} | "
+            f"{100 * r['mfu']:.1f}% | {r['peak_gflops']:,.0f} |", flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,75 @@
+"""The train step, gradient accumulation, the optimizer and the loop's metrics."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from trainer import data, loop, optimizer, train
+from trainer.model import Decoder
+
+from conftest import relative, tiny_config, without_key_bias
+
+
+def step_once(cfg, tokens):
+  setup = train.build(cfg)
+  state = setup.init_state(seed=0)
+  new_state, metrics = setup.compile_train_step()(state, data.to_global(tokens, setup.batch_sharding))
+  return float(metrics['loss']), jax.device_get(new_state.params)
+
+
+def test_gradient_accumulation_equals_full_batch():
+  tokens = np.random.RandomState(1).randint(0, 257, (16, 65)).astype(np.int32)
+  loss1, params1 = step_once(tiny_config(**{'train.batch_size': 16}), tokens)
+  loss4, params4 = step_once(tiny_config(**{'train.batch_size': 16, 'train.micro_batches': 2}), tokens)
+  assert abs(loss1 - loss4) / loss1 < 1e-5
+  diffs = jax.tree.map(relative, without_key_bias(params1), without_key_bias(params4))
+  assert max(jax.tree.leaves(diffs)) < 1e-5, diffs
+
+
+def test_weight_decay_mask():
+  cfg = tiny_config()
+  setup = train.build(cfg)
+  mask = optimizer.decay_mask(setup.abstract_state().params, decay_embeddings=False)
+  flat = {'/'.join(k.key for k in path): v
+          for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  assert flat['h/attn/c_attn_kernel'] and flat['h/mlp/c_proj_kernel']
+  assert not any(flat[k] for k in ('wte', 'wpe', 'h/attn/c_attn_bias', 'h/ln_1/scale', 'ln_f/bias'))
+  with_emb = optimizer.decay_mask(setup.abstract_state().params, decay_embeddings=True)
+  assert with_emb['wte'] and with_emb['wpe']
+
+
+def test_schedule_warmup_and_decay():
+  cfg = tiny_config(**{'optim.warmup_steps': 10, 'optim.lr': 1e-3, 'optim.min_lr_ratio': 0.1})
+  lr = optimizer.schedule(cfg.optim, 100)
+  assert float(lr(0)) == pytest.approx(1e-4)  # Step 1 already learns.
+  assert float(lr(9)) == pytest.approx(1e-3)
+  assert float(lr(99)) == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_loop_logs_the_loss_of_each_step(tmp_path):
+  cfg = tiny_config(**{'train.steps': 4, 'train.log_every': 1, 'train.eval_every': 2})
+  summary = loop.run(cfg, str(tmp_path))
+  lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [l['step'] for l in lines] == [1, 2, 3, 4]
+  for key in ('loss', 'lr', 'grad_norm', 'tokens_per_sec', 'step_time_s', 'mfu'):
+    assert all(np.isfinite(l[key]) for l in lines), key
+  assert 'eval_loss' in lines[1] and 'eval_loss' in lines[3] and 'eval_loss' not in lines[0]
+  assert lines == summary['records']
+  # Step 1's loss is the loss of the initial parameters on the first batch.
+  setup = train.build(cfg)
+  first = next(iter(data.load(cfg).train.to_iter_dataset()))
+  params = setup.init_state(seed=cfg.seed).params
+  expected = train.loss_fn(params, np.asarray(first), None, setup.eval_model)
+  assert lines[0]['loss'] == pytest.approx(float(expected), rel=1e-6)
+  assert lines[3]['loss'] < lines[0]['loss']
+
+
+def test_embedded_corpus_is_real_held_out_text():
+  train_ids, val_ids = data.stdlib_corpus(300_000, 10)
+  assert train_ids.max() <= 256 and val_ids.max() <= 256
+  assert (train_ids == 256).sum() > 5 and (val_ids == 256).sum() >= 1
+  text = data.ByteTokenizer().decode(train_ids[:20_000])
+  assert 'def ' in text and 'import' in text
+  # The held-out files are not part of training.
+  assert data.ByteTokenizer().decode(val_ids[:400]) not in data.ByteTokenizer().decode(train_ids)

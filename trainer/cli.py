@@ -1,0 +1,122 @@
+"""Command line: ``trainer <verb>`` (same as ``python -m trainer <verb>``).
+
+Config overrides are ``--config.<key>=<value>`` (or ``--config.<key> <value>``).
+Bad input exits with code 2 and a one-line message before anything compiles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from trainer import config as config_lib
+
+_OVERRIDE = '--config.'
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise config_lib.ConfigError(f'{self.prog}: {message}')
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+  """Separates ``--config.key=value`` pairs from the other arguments."""
+  rest, overrides, i = [], {}, 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(_OVERRIDE):
+      key, eq, value = arg[len(_OVERRIDE):].partition('=')
+      if not eq:
+        if i + 1 >= len(argv):
+          raise config_lib.ConfigError(f'{arg}: missing value; write {arg}=VALUE')
+        value, i = argv[i + 1], i + 1
+      overrides[key] = value
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _load_config(args, overrides):
+  import jax
+  cfg = config_lib.load(args.config, overrides)
+  config_lib.validate(cfg, jax.device_count())
+  return cfg
+
+
+def cmd_train(args, overrides) -> int:
+  from trainer import loop
+  cfg = _load_config(args, overrides)
+  loop.run(cfg, args.workdir)
+  return 0
+
+
+def info(cfg) -> dict:
+  """Parameter count, FLOPs, mesh and every parameter's shape and PartitionSpec (abstract only)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from trainer import model, sharding
+  mcfg = model.ModelConfig.from_config(cfg.model)
+  boxed = jax.eval_shape(
+      lambda k: model.Decoder(mcfg).init(k, jnp.zeros((1, 2), jnp.int32))['params'],
+      jax.random.PRNGKey(0))
+  specs = nn.get_partition_spec(boxed)
+  rules = sharding.rules(cfg.mesh.rules)
+  flat_shapes = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
+  flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  table = {}
+  for (path, leaf), spec in zip(flat_shapes, flat_specs):
+    name = '/'.join(p.key for p in path)
+    mesh_spec = nn.logical_to_mesh_axes(spec, rules)
+    table[name] = {'shape': list(leaf.shape), 'logical': list(spec),
+                   'spec': [list(a) if isinstance(a, tuple) else a for a in mesh_spec]}
+  shape = sharding.mesh_shape(cfg.mesh, jax.device_count())
+  return {'params': model.param_count(mcfg),
+          'flops_per_token': model.flops_per_token(mcfg, cfg.train.seq_len),
+          'seq_len': cfg.train.seq_len,
+          'mesh': dict(zip(sharding.AXES, shape)), 'rules': cfg.mesh.rules,
+          'partition_specs': table}
+
+
+def cmd_info(args, overrides) -> int:
+  report = info(_load_config(args, overrides))
+  if args.json:
+    print(json.dumps(report))
+    return 0
+  print(f"parameters:      {report['params']:,}")
+  print(f"FLOPs per token: {report['flops_per_token']:,} (training, seq_len {report['seq_len']})")
+  print(f"mesh:            {report['mesh']} (rules {report['rules']})")
+  width = max(len(n) for n in report['partition_specs'])
+  for name, row in report['partition_specs'].items():
+    print(f"  {name:<{width}}  {str(tuple(row['shape'])):<24} {tuple(row['spec'])}")
+  return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog='trainer', description=__doc__.splitlines()[0])
+  verbs = parser.add_subparsers(dest='verb', required=True, parser_class=_Parser)
+  train = verbs.add_parser('train', help='train (resumes from WORKDIR if it holds a checkpoint)')
+  train.add_argument('--config', default='', help='configs/FILE.py[:VARIANT]; default: embedded')
+  train.add_argument('--workdir', default='runs/default', help='metrics and checkpoints go here')
+  train.set_defaults(run=cmd_train)
+  info_p = verbs.add_parser('info', help='parameters, FLOPs and sharding, without allocating')
+  info_p.add_argument('--config', default='')
+  info_p.add_argument('--json', action='store_true', help='print one JSON object')
+  info_p.set_defaults(run=cmd_info)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    return args.run(args, overrides)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

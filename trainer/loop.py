@@ -1,0 +1,88 @@
+"""The training loop: data in, steps dispatched, metrics out. The step itself is in train.py."""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from trainer import data, generate, metrics, model, train
+
+
+def _say(*args):
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+class _Logger:
+  """Turns step metrics into records; never waits on a step it has not yet dispatched past."""
+
+  def __init__(self, setup, workdir: str, start_step: int):
+    cfg = setup.cfg
+    self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    self.flops_per_token = model.flops_per_token(setup.model_cfg, cfg.train.seq_len)
+    self.peak = metrics.peak_flops_total(cfg.model.dtype)
+    self.writer = metrics.Writer(workdir)
+    self.last_time, self.last_step, self.paused = time.perf_counter(), start_step, 0.0
+    self.records = []
+
+  def emit(self, step: int, device_metrics, extra: dict):
+    values = jax.device_get(device_metrics)  # Blocks until `step` has finished.
+    now = time.perf_counter()
+    step_time = (now - self.last_time - self.paused) / max(step - self.last_step, 1)
+    self.last_time, self.last_step, self.paused = now, step, 0.0
+    tokens_per_sec = self.tokens_per_step / step_time
+    record = {'step': step, **{k: float(v) for k, v in values.items()},
+              'tokens_per_sec': tokens_per_sec, 'step_time_s': step_time,
+              'mfu': self.flops_per_token * tokens_per_sec / self.peak, **extra}
+    self.writer.write(record)
+    self.records.append(record)
+    _say(metrics.format_line(record))
+
+
+def evaluate(eval_fn, params, batches, batch_sharding) -> float:
+  losses = [eval_fn(params, data.to_global(b, batch_sharding)) for b in batches]
+  return float(np.mean(jax.device_get(losses)))
+
+
+def run(cfg, workdir: str) -> dict:
+  """Trains as configured; returns a summary (final losses and the generated sample)."""
+  os.makedirs(workdir, exist_ok=True)
+  setup = train.build(cfg)
+  streams = data.load(cfg)
+  t = cfg.train
+  _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
+       f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
+  state = setup.init_state(cfg.seed)
+  start_step = 0
+  batches = iter(streams.train.to_iter_dataset())
+  compile_start = time.perf_counter()
+  step_fn = setup.compile_train_step()
+  eval_fn = setup.jit_eval_step()
+  _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s')
+  logger = _Logger(setup, workdir, start_step)
+
+  pending = None
+  for step in range(start_step + 1, t.steps + 1):
+    state, step_metrics = step_fn(state, data.to_global(next(batches), setup.batch_sharding))
+    if pending:
+      logger.emit(*pending)
+    extra = {}
+    if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+      jax.block_until_ready(step_metrics)  # Training time ends here; evaluation is not counted.
+      pause = time.perf_counter()
+      extra['eval_loss'] = evaluate(eval_fn, state.params, streams.val, setup.batch_sharding)
+      logger.paused += time.perf_counter() - pause
+    due = step % t.log_every == 0 or step == t.steps or bool(extra)
+    pending = (step, step_metrics, extra) if due else None
+  if pending:
+    logger.emit(*pending)
+
+  summary = {'records': logger.records}
+  if t.sample_tokens:
+    prompt = streams.tokenizer.encode('def ')
+    ids = generate.sample(setup, state.params, prompt.tolist(), t.sample_tokens, seed=cfg.seed)
+    summary['sample'] = streams.tokenizer.decode(ids)
+    _say('--- sample ---\n' + summary['sample'] + '\n--------------')
+  return summary

@@ -1,0 +1,271 @@
+"""One decoder-only transformer for GPT-2 and OPT; their differences are config fields.
+
+Parameter names follow Hugging Face GPT-2 (wte, wpe, c_attn, c_proj, ln_f) so the
+conversion in ``hf.py`` is one table. Shapes carry their axes in the name suffix:
+B batch, L length, E embed, H heads, D head dim, M mlp, V vocab, T (q, k, v).
+Only logical axis names appear here; ``sharding.py`` maps them to the mesh.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Typed view of ``config.model``; see trainer/config.py for each field."""
+  family: str = 'gpt2'
+  vocab_size: int = 257
+  vocab_pad_multiple: int = 128
+  max_len: int = 256
+  pos_offset: int = 0
+  embed_dim: int = 192
+  proj_dim: int = 0
+  num_layers: int = 4
+  num_heads: int = 6
+  mlp_dim: int = 768
+  activation: str = 'gelu_tanh'
+  pre_ln: bool = True
+  final_ln: bool = True
+  tie_embeddings: bool = True
+  use_bias: bool = True
+  dropout: float = 0.0
+  embed_dropout: float = 0.0
+  attn_dropout: float = 0.0
+  ln_eps: float = 1e-5
+  init_std: float = 0.02
+  scale_residual_init: bool = True
+  dtype: str = 'float32'
+  scan_layers: bool = True
+  remat: str = 'none'
+
+  @classmethod
+  def from_config(cls, model_cfg) -> 'ModelConfig':
+    return cls(**{f.name: model_cfg[f.name] for f in dataclasses.fields(cls)})
+
+  @property
+  def padded_vocab(self) -> int:
+    k = self.vocab_pad_multiple
+    return -(-self.vocab_size // k) * k
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+  @property
+  def word_dim(self) -> int:
+    """Width of the token embedding (differs from embed_dim for OPT-350m)."""
+    return self.proj_dim or self.embed_dim
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def _param(module, name, shape, axes, std):
+  init = nn.initializers.normal(std) if std else nn.initializers.zeros_init()
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def _ones(module, name, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(nn.initializers.ones_init(), axes),
+                      shape, jnp.float32)
+
+
+def dense(eqn: str, x, kernel, bias, dtype):
+  """einsum in the compute dtype with float32 accumulation, plus an optional bias."""
+  y = jnp.einsum(eqn, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+  if bias is not None:
+    y = y + bias
+  return y.astype(dtype)
+
+
+class LayerNorm(nn.Module):
+  """Layer norm computed in float32 (GPT-2 and OPT: affine, eps 1e-5)."""
+  cfg: ModelConfig
+  width: int = 0
+
+  @nn.compact
+  def __call__(self, x):
+    width = self.width or self.cfg.embed_dim
+    scale = _ones(self, 'scale', (width,), ('embed',))
+    bias = _param(self, 'bias', (width,), ('embed',), 0.0)
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.cfg.ln_eps) * scale + bias
+    return y.astype(x.dtype)
+
+
+def _residual_std(cfg: ModelConfig) -> float:
+  if cfg.scale_residual_init:
+    return cfg.init_std / math.sqrt(2 * cfg.num_layers)
+  return cfg.init_std
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BLE):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    E, H, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+    w_qkv = _param(self, 'c_attn_kernel', (E, 3, H, D), ('embed', None, 'heads', 'kv'), cfg.init_std)
+    b_qkv = _param(self, 'c_attn_bias', (3, H, D), (None, 'heads', 'kv'), 0.0) if cfg.use_bias else None
+    w_out = _param(self, 'c_proj_kernel', (H, D, E), ('heads', 'kv', 'embed'), _residual_std(cfg))
+    b_out = _param(self, 'c_proj_bias', (E,), ('embed',), 0.0) if cfg.use_bias else None
+
+    qkv_BLTHD = dense('ble,ethd->blthd', x_BLE, w_qkv, b_qkv, dt)
+    qkv_BLTHD = nn.with_logical_constraint(
+        qkv_BLTHD, ('act_batch', 'act_length', None, 'act_heads', 'act_kv'))
+    q_BLHD, k_BLHD, v_BLHD = (qkv_BLTHD[:, :, i] for i in range(3))
+    scale = 1.0 / math.sqrt(D)
+    if self.deterministic or cfg.attn_dropout == 0.0:
+      o_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BLHD, v_BLHD, scale=scale, is_causal=True)
+    else:
+      o_BLHD = self._attend_with_dropout(q_BLHD, k_BLHD, v_BLHD, scale)
+    o_BLHD = nn.with_logical_constraint(o_BLHD, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
+    return dense('blhd,hde->ble', o_BLHD, w_out, b_out, dt)
+
+  def _attend_with_dropout(self, q_BLHD, k_BLHD, v_BLHD, scale):
+    """Explicit softmax attention, for dropout on the probabilities (GPT-2's attn_pdrop)."""
+    L = q_BLHD.shape[1]
+    s_BHLL = jnp.einsum('bqhd,bkhd->bhqk', q_BLHD, k_BLHD,
+                        preferred_element_type=jnp.float32) * scale
+    causal = jnp.tril(jnp.ones((L, L), bool))
+    s_BHLL = jnp.where(causal, s_BHLL, jnp.finfo(jnp.float32).min)
+    p_BHLL = jax.nn.softmax(s_BHLL, axis=-1)
+    p_BHLL = nn.Dropout(self.cfg.attn_dropout)(p_BHLL, deterministic=False)
+    return jnp.einsum('bhqk,bkhd->bqhd', p_BHLL.astype(v_BLHD.dtype), v_BLHD)
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLE):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    E, M = cfg.embed_dim, cfg.mlp_dim
+    w_fc = _param(self, 'c_fc_kernel', (E, M), ('embed', 'mlp'), cfg.init_std)
+    b_fc = _param(self, 'c_fc_bias', (M,), ('mlp',), 0.0) if cfg.use_bias else None
+    w_out = _param(self, 'c_proj_kernel', (M, E), ('mlp', 'embed'), _residual_std(cfg))
+    b_out = _param(self, 'c_proj_bias', (E,), ('embed',), 0.0) if cfg.use_bias else None
+    h_BLM = dense('ble,em->blm', x_BLE, w_fc, b_fc, dt)
+    if cfg.activation == 'gelu_tanh':
+      h_BLM = jax.nn.gelu(h_BLM, approximate=True)
+    else:
+      h_BLM = jax.nn.relu(h_BLM)
+    h_BLM = nn.with_logical_constraint(h_BLM, ('act_batch', 'act_length', 'act_mlp'))
+    return dense('blm,me->ble', h_BLM, w_out, b_out, dt)
+
+
+class Block(nn.Module):
+  """Transformer block; pre-LN (GPT-2, most OPT) or post-LN (OPT-350m)."""
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BLE, _=None):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    ln_1, ln_2 = LayerNorm(cfg, name='ln_1'), LayerNorm(cfg, name='ln_2')
+    attn, mlp = Attention(cfg, self.deterministic, name='attn'), Mlp(cfg, name='mlp')
+    if cfg.pre_ln:
+      x_BLE = x_BLE + drop(attn(ln_1(x_BLE)))
+      x_BLE = x_BLE + drop(mlp(ln_2(x_BLE)))
+    else:
+      x_BLE = ln_1(x_BLE + drop(attn(x_BLE)))
+      x_BLE = ln_2(x_BLE + drop(mlp(x_BLE)))
+    x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
+    return x_BLE, None
+
+
+_REMAT_POLICIES = {
+    'full': None,  # Save nothing; recompute the whole block in the backward pass.
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Decoder(nn.Module):
+  """Token ids [B, L] to logits [B, L, padded vocab]; padded columns are -inf-like."""
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, tokens_BL, positions_BL=None):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    V, E, W = cfg.padded_vocab, cfg.embed_dim, cfg.word_dim
+    wte = _param(self, 'wte', (V, W), ('vocab', 'embed'), cfg.init_std)
+    wpe = _param(self, 'wpe', (cfg.max_len + cfg.pos_offset, E), (None, 'embed'), cfg.init_std)
+    if positions_BL is None:
+      positions_BL = jnp.arange(tokens_BL.shape[1])[None, :]
+    x_BLE = jnp.take(wte, tokens_BL, axis=0).astype(dt)
+    if cfg.proj_dim:
+      w_in = _param(self, 'project_in', (W, E), (None, 'embed'), cfg.init_std)
+      x_BLE = dense('blw,we->ble', x_BLE, w_in, None, dt)
+    x_BLE = x_BLE + jnp.take(wpe, positions_BL + cfg.pos_offset, axis=0).astype(dt)
+    x_BLE = nn.Dropout(cfg.embed_dropout, deterministic=self.deterministic)(x_BLE)
+    x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
+
+    block = Block
+    if cfg.remat != 'none':
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BLE, _ = stack(cfg, self.deterministic, name='h')(x_BLE, None)
+    else:
+      for i in range(cfg.num_layers):
+        x_BLE, _ = block(cfg, self.deterministic, name=f'h_{i}')(x_BLE, None)
+
+    if cfg.final_ln:
+      x_BLE = LayerNorm(cfg, name='ln_f')(x_BLE)
+    if cfg.proj_dim:
+      w_out = _param(self, 'project_out', (E, W), ('embed', None), cfg.init_std)
+      x_BLE = dense('ble,ew->blw', x_BLE, w_out, None, dt)
+    if cfg.tie_embeddings:
+      head = wte
+    else:
+      head = _param(self, 'lm_head', (V, W), ('vocab', 'embed'), cfg.init_std)
+    logits_BLV = jnp.einsum('blw,vw->blv', x_BLE.astype(dt), head.astype(dt),
+                            preferred_element_type=jnp.float32)
+    logits_BLV = nn.with_logical_constraint(logits_BLV, ('act_batch', 'act_length', 'act_vocab'))
+    if V != cfg.vocab_size:  # Padded rows never win a softmax or an argmax.
+      logits_BLV = jnp.where(jnp.arange(V) < cfg.vocab_size, logits_BLV, -1e30)
+    return logits_BLV
+
+
+def param_count(cfg: ModelConfig) -> int:
+  """Parameters as Hugging Face counts them: true vocab, tied weights once."""
+  E, M, L, W, V = cfg.embed_dim, cfg.mlp_dim, cfg.num_layers, cfg.word_dim, cfg.vocab_size
+  bias = int(cfg.use_bias)
+  attn = 4 * E * E + bias * 4 * E
+  mlp = 2 * E * M + bias * (M + E)
+  block = attn + mlp + 2 * 2 * E
+  total = V * W + (cfg.max_len + cfg.pos_offset) * E + L * block
+  total += 2 * E if cfg.final_ln else 0
+  total += 2 * W * E if cfg.proj_dim else 0
+  total += 0 if cfg.tie_embeddings else V * W
+  return total
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+  """Weights that take part in a matmul per token: blocks, projections and the LM head."""
+  E, M, L, W, V = cfg.embed_dim, cfg.mlp_dim, cfg.num_layers, cfg.word_dim, cfg.vocab_size
+  proj = 2 * W * E if cfg.proj_dim else 0
+  return L * (4 * E * E + 2 * E * M) + proj + V * W
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+  """Training FLOPs per token, PaLM convention (Chowdhery et al. 2022, App. B).
+
+  6 x matmul weights (forward 2, backward 4) plus 12 x layers x embed x seq_len for
+  the attention scores and weighted sum, counted without the causal saving.
+  Embedding lookups, biases, norms and softmax are left out.
+  """
+  return 6 * matmul_params(cfg) + 12 * cfg.num_layers * cfg.embed_dim * seq_len

@@ -1,0 +1,89 @@
+"""The device mesh and the rules that map logical axis names to mesh axes.
+
+Model code names axes logically (``embed``, ``heads``, ``act_batch`` ...); this
+module alone decides where they live. Parameter axes: vocab, embed, heads, kv,
+mlp, layers. Activation axes carry an ``act_`` prefix so that FSDP can shard a
+weight's ``embed`` dimension while activations keep theirs whole.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ('data', 'fsdp', 'tensor')
+BATCH = ('data', 'fsdp')  # The batch is split over both data-parallel axes.
+
+# Each rule set is complete: a logical name absent from it is replicated.
+RULES = {
+    # Plain data parallelism: every device holds all parameters.
+    'dp': (
+        ('act_batch', BATCH),
+    ),
+    # ZeRO-3 style: weights and optimizer state sharded over fsdp along embed.
+    'fsdp': (
+        ('act_batch', BATCH),
+        ('embed', 'fsdp'),
+    ),
+    # FSDP plus Megatron tensor parallelism over heads, MLP hidden and vocab.
+    'fsdp_tp': (
+        ('act_batch', BATCH),
+        ('embed', 'fsdp'),
+        ('heads', 'tensor'), ('mlp', 'tensor'), ('vocab', 'tensor'),
+        ('act_heads', 'tensor'), ('act_mlp', 'tensor'), ('act_vocab', 'tensor'),
+    ),
+}
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  """Resolves (data, fsdp, tensor) from config; one axis may be -1."""
+  from trainer.config import ConfigError
+  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
+  free = [i for i, s in enumerate(sizes) if s == -1]
+  bad = [AXES[i] for i, s in enumerate(sizes) if s == 0 or s < -1]
+  if bad or len(free) > 1:
+    raise ConfigError(f'--config.mesh: axis sizes {dict(zip(AXES, sizes))} must be positive, '
+                      'with at most one -1 (takes the remaining devices)')
+  known = math.prod(s for s in sizes if s != -1)
+  if free:
+    if num_devices % known:
+      raise ConfigError(f'--config.mesh: fixed axes multiply to {known}, which does not divide '
+                        f'the {num_devices} devices')
+    sizes[free[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f'--config.mesh: data x fsdp x tensor = {" x ".join(map(str, sizes))} = '
+                      f'{math.prod(sizes)}, but there are {num_devices} devices; make the '
+                      'product equal the device count or set one axis to -1')
+  return tuple(sizes)
+
+
+def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
+  """A mesh with automatic (GSPMD) sharding propagation over the given devices."""
+  devices = jax.devices() if devices is None else devices
+  try:
+    grid = mesh_utils.create_device_mesh(shape, devices=devices)
+  except (AssertionError, NotImplementedError, ValueError):
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, AXES)
+
+
+def rules(name: str):
+  return RULES[name]
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rule_name: str):
+  """Maps a tree of logical PartitionSpecs to NamedShardings on the mesh."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, RULES[rule_name])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Token batches [batch, length] split over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH, None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
