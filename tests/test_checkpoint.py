@@ -1,12 +1,16 @@
 """Checkpoints in-process: retention, resharding onto other meshes, bad input, non-finite loss."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from trainer import checkpoint, cli, data, loop, train
 
 
@@ -131,3 +135,93 @@ def test_config_round_trips_through_json():
   assert back.to_dict() == cfg.to_dict() and back.model.proj_dim == 32
   with pytest.raises(config.ConfigError, match='test: unknown config key'):
     config.from_dict({'model': {'depth': 3}}, 'test')
+
+
+# ---- the real command line in subprocesses: kill -9, SIGTERM -----------------------------------
+
+ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+       'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+
+
+def train_cmd(workdir, *extra):
+  return [sys.executable, '-m', 'trainer', 'train', '--config=configs/tiny.py',
+          f'--workdir={workdir}', *extra]
+
+
+def finish(cmd):
+  out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr
+  return out
+
+
+def start_until(cmd, ready, signum):
+  """Starts ``cmd`` and sends ``signum`` as soon as ``ready()``; returns the finished process."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  while not ready():
+    assert proc.poll() is None, 'the run ended before the signal: ' + proc.stderr.read()[-2000:]
+    time.sleep(0.005)
+  proc.send_signal(signum)
+  proc.wait(timeout=600)
+  return proc
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r['loss'] for r in map(json.loads, f)}
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bit_exact(tmp_path):
+  flags = ['--config.checkpoint.every=10', '--config.train.batch_size=32']
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  finish(train_cmd(straight, *flags))
+
+  def after_step_10_checkpoint():
+    committed = (killed / 'checkpoints/10/commit_success.txt').exists()
+    return committed and os.path.exists(killed / 'metrics.jsonl') and max(losses(killed)) >= 12
+  proc = start_until(train_cmd(killed, *flags), after_step_10_checkpoint, signal.SIGKILL)
+  assert proc.returncode == -signal.SIGKILL
+  logged = max(losses(killed))
+  assert 12 <= logged < 20  # Killed while later steps ran; they were logged and are redone.
+  out = finish(train_cmd(killed, *flags))
+  assert f'resuming from step 10: {killed}/checkpoints/10' in out.stdout
+  assert 'step      1 |' not in out.stdout and 'step     11 |' in out.stdout
+  assert metrics_steps(killed) == list(range(1, 21))
+  want, got = losses(straight), losses(killed)
+  assert want[11] != want[12]
+  assert [got[s] for s in range(11, 21)] == [want[s] for s in range(11, 21)]
+
+
+@pytest.mark.slow
+def test_kill_9_during_async_save(tmp_path):
+  big = ['--config.model.embed_dim=512', '--config.model.mlp_dim=2048',
+         '--config.model.num_heads=8', '--config.train.steps=6', '--config.checkpoint.every=2']
+  ckpt_dir = tmp_path / 'checkpoints'
+  saving_4 = lambda: ckpt_dir.exists() and any(
+      n.startswith('4.orbax-checkpoint-tmp') for n in os.listdir(ckpt_dir))
+  proc = start_until(train_cmd(tmp_path, *big), saving_4, signal.SIGKILL)
+  assert proc.returncode == -signal.SIGKILL
+  names = os.listdir(ckpt_dir)
+  assert '2' in names and '4' not in names, names  # Step 4 was cut short mid-write.
+  assert any(n.startswith('4.orbax-checkpoint-tmp') for n in names)
+  out = finish(train_cmd(tmp_path, *big))
+  assert f'resuming from step 2: {ckpt_dir}/2' in out.stdout
+  assert sorted(os.listdir(ckpt_dir)) == ['2', '4', '6']
+  assert (ckpt_dir / '4/commit_success.txt').exists()
+  assert metrics_steps(tmp_path) == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  flags = ['--config.train.steps=500', '--config.checkpoint.every=0']
+  running = lambda: os.path.exists(tmp_path / 'metrics.jsonl') and max(losses(tmp_path)) >= 3
+  proc = start_until(train_cmd(tmp_path, *flags), running, signal.SIGTERM)
+  assert proc.returncode == 0, proc.stderr.read()
+  stopped = max(losses(tmp_path))
+  assert stopped < 500 and f'preempted (SIGTERM): saved step {stopped}' in proc.stdout.read()
+  assert os.listdir(tmp_path / 'checkpoints') == [str(stopped)]
+  assert (tmp_path / f'checkpoints/{stopped}/commit_success.txt').exists()
+  out = finish(train_cmd(tmp_path, '--config.train.steps=' + str(stopped + 2)))
+  assert f'resuming from step {stopped}' in out.stdout
+  assert metrics_steps(tmp_path) == list(range(1, stopped + 3))
