@@ -74,7 +74,9 @@ def hf_config(cfg: ModelConfig) -> dict:
                 n_head=cfg.num_heads, n_inner=cfg.mlp_dim, activation_function='gelu_new',
                 resid_pdrop=cfg.dropout, embd_pdrop=cfg.embed_dropout, attn_pdrop=cfg.attn_dropout,
                 layer_norm_epsilon=cfg.ln_eps, initializer_range=cfg.init_std,
-                tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256)
+                tie_word_embeddings=True,
+                # End-of-text is the last id (50256 in GPT-2's vocabulary, 256 for bytes).
+                bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1)
   if cfg.pos_offset != 2 or cfg.activation != 'relu' or (not cfg.pre_ln and cfg.final_ln):
     raise ConversionError('this model is not an OPT architecture (positions offset 2, ReLU, '
                           'no final layer norm when post-LN)')
