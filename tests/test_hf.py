@@ -125,8 +125,8 @@ def test_init_from_hugging_face(name, variant, tmp_path):
   first = next(iter(data.load(cfg).train.to_iter_dataset()))
   with torch.no_grad():
     logits = model(torch.tensor(first[:, :-1])).logits
-    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 1000),
-                                             torch.tensor(first[:, 1:].astype(np.int64)).reshape(-1)).item()
+    targets = torch.tensor(first[:, 1:].astype(np.int64)).reshape(-1)
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 1000), targets).item()
   got = loop.run(cfg, str(tmp_path / 'run'))['records'][0]['loss']
   fresh = loop.run(tiny_config(variant, **{'train.steps': 1, 'model.vocab_size': 1000}),
                    str(tmp_path / 'fresh'))['records'][0]['loss']

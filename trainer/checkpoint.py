@@ -136,7 +136,7 @@ def latest(workdir: str, devices=None):
   from trainer import train  # Local import: train pulls in the model.
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
-    raise CheckpointError(f'{directory}: no such directory; train first or give the right --workdir')
+    raise CheckpointError(f'{directory}: no such directory; train first or fix --workdir')
   probe = Checkpoints(workdir, config_lib.default_config())
   step = probe.latest_step()
   if step is None:

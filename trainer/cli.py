@@ -59,7 +59,7 @@ def cmd_export(args, overrides) -> int:
   """Writes the newest checkpoint's weights as a Hugging Face directory."""
   from trainer import checkpoint, hf, model
   if overrides:
-    raise config_lib.ConfigError('export takes no --config overrides; the checkpoint has its config')
+    raise config_lib.ConfigError('export takes no --config overrides (the checkpoint has one)')
   cfg, step, state = checkpoint.latest(args.workdir)
   hf.save_dir(args.out, state.params, model.ModelConfig.from_config(cfg.model))
   # Files that describe the export (model and data cards) are written here, beside the weights.

@@ -85,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
   d.val_every_nth_file = 50  # Embedded corpus: every n-th file goes to the validation split.
 
   c.checkpoint = ck = ml_collections.ConfigDict()
-  ck.every = 1000            # Steps between async saves to WORKDIR/checkpoints (0: only at the end).
+  ck.every = 1000            # Steps between async saves to WORKDIR/checkpoints (0: at the end).
   ck.keep = 3                # Most recent checkpoints kept (0: all).
   ck.keep_every = 0          # Also keep every step divisible by this, permanently (0: none).
   c.lock()

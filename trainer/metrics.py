@@ -56,7 +56,7 @@ def format_line(r: dict) -> str:
 
 
 def keep_until(workdir: str, step: int):
-  """Drops metrics lines after ``step`` (and a torn last line) so a resumed run never repeats one."""
+  """Drops lines after ``step`` (and a torn last line): a resumed run never repeats a step."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if jax.process_index() != 0 or not os.path.exists(path):
     return
