@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import os
 import pathlib
@@ -54,7 +55,7 @@ def _open(path: pathlib.Path):
     return gzip.open(path, 'rb')
   if suffix in ('.zst', '.zstd'):
     import zstandard
-    return zstandard.open(path, 'rb')
+    return io.BufferedReader(zstandard.open(path, 'rb'))  # Adds line iteration.
   return open(path, 'rb')
 
 
