@@ -104,14 +104,13 @@ def shard_documents(source, seed: int | None, index: int, count: int) -> grain.M
   i, i + count, ... of it, so the shares are disjoint and together hold every
   document once per epoch; each epoch draws a new permutation.
   """
+  if len(source) < count:  # Checked on every process alike, so all of them stop.
+    raise ConfigError(f'the dataset has {len(source)} documents, fewer than the {count} '
+                      'processes reading it; prepare more documents')
   ds = grain.MapDataset.source(source)
   if seed is not None:
     ds = ds.seed(seed).shuffle()
-  ds = ds[index::count]
-  if not len(ds):
-    raise ConfigError(f'the dataset has {len(source)} documents, fewer than the {count} '
-                      'processes reading it; prepare more documents')
-  return ds.repeat(None)
+  return ds[index::count].repeat(None)
 
 
 @dataclasses.dataclass
