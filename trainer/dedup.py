@@ -49,7 +49,7 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[in
   """(bands, rows): the most rows per band that still propose a pair at ``threshold``
   with probability >= recall (fewest needless candidates; exact checking removes the rest)."""
   best = (num_perm, 1)
-  for rows in range(1, num_perm + 1):
+  for rows in range(1, num_perm // 2 + 1):  # datasketch needs at least two bands.
     bands = num_perm // rows
     if 1 - (1 - threshold ** rows) ** bands >= recall:
       best = (bands, rows)

@@ -114,7 +114,9 @@ class Cleaner:
   def __init__(self, opts: Options, tokenizer, stores: dict):
     self.opts, self.tokenizer, self.stores = opts, tokenizer, stores
     self.keep_language = _language_filter(opts.language_filter)
-    self.near = dedup.NearDuplicates(opts.near_threshold, opts.ngram)
+    self.near = None
+    if opts.near_threshold < 1:
+      self.near = dedup.NearDuplicates(opts.near_threshold, opts.ngram)
     self.seen: dict[bytes, int] = {}  # Content hash -> tokens, of every distinct document.
     self.stats = {k: 0 for k in (
         'documents_in', 'tokens_in', 'removed_exact_duplicates', 'removed_exact_duplicates_tokens',
@@ -149,7 +151,7 @@ class Cleaner:
       return self._remove('removed_language', len(ids))
     if len(ids) < self.opts.min_length:
       return self._remove('removed_short', len(ids))
-    if self.opts.near_threshold < 1 and self.near.seen(text):
+    if self.near and self.near.seen(text):
       return self._remove('removed_near_duplicates', len(ids))
     self.stats['documents_out'] += 1
     self.stats['tokens_out'] += len(ids)
@@ -194,6 +196,13 @@ def _build_tfds(stores: dict, tokenizer, data_dir: pathlib.Path, dtype) -> pathl
 
     def _generate_examples(self, split):
       return stores[split].documents()
+
+    # TFDS prints "downloading and preparing" lines; prepare reports for itself.
+    def _log_download_bytes(self):
+      pass
+
+    def _log_download_done(self):
+      pass
 
   builder = TokenizedCorpus(data_dir=str(data_dir), file_format='array_record')
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
