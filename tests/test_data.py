@@ -188,3 +188,43 @@ def test_prepare_then_train_end_to_end(tmp_path):
   assert 'eval_loss' in lines[5] and 'eval_loss' in lines[11]
   assert lines[0]['loss'] == pytest.approx(np.log(50257), rel=0.05)  # Uniform over GPT-2's ids.
   assert lines[-1]['loss'] < lines[0]['loss'] - 1.0
+
+
+TWO_PROCESS_SCRIPT = '''
+import json, sys
+import jax
+import numpy as np
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from trainer import config, data
+cfg = config.load('configs/tiny.py', {'data.path': sys.argv[3], 'train.batch_size': '8'})
+it = iter(data.load(cfg).train.to_iter_dataset())
+batches = [next(it) for _ in range(3)]
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+full = data.to_global(batches[0], sharding)
+print(json.dumps({'index': jax.process_index(), 'local': list(batches[0].shape),
+                  'global': list(full.shape), 'rows': [b.tolist() for b in batches]}))
+'''
+
+
+def test_two_real_processes_read_disjoint_shares(byte_dir):
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    address = f'127.0.0.1:{s.getsockname()[1]}'
+  env = {**ENV, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESS_SCRIPT, address, str(i), byte_dir],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  results = []
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    results.append(json.loads(out.splitlines()[-1]))
+  assert [r['index'] for r in results] == [0, 1]
+  assert all(r['local'] == [4, 65] and r['global'] == [8, 65] for r in results)
+  docs = [set().union(*(doc_ids(np.array(b)) for b in r['rows'])) for r in results]
+  assert docs[0] and docs[1] and not docs[0] & docs[1]
+  # The same shares as the emulated processes of test_two_processes_read_disjoint_documents.
+  emulated = data.load(config(byte_dir), process_index=1, process_count=2)
+  np.testing.assert_array_equal(next(iter(emulated.train.to_iter_dataset())), results[1]['rows'][0])
