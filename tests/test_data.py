@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-import grain
 import numpy as np
 import pytest
 

@@ -11,7 +11,6 @@ import dataclasses
 import gzip
 import io
 import json
-import os
 import pathlib
 from typing import Iterator
 
@@ -116,7 +115,3 @@ def parse_separator(text: str) -> str:
   r"""Turns the escapes a shell leaves alone (``\n``, ``\t``) into the characters."""
   return text.encode('utf-8').decode('unicode_escape').encode('latin-1').decode('utf-8')
 
-
-def size_of(paths: list[str]) -> int:
-  """Bytes on disk of all input files (compressed size for compressed files)."""
-  return sum(os.path.getsize(f) for f in input_files(paths))
