@@ -49,8 +49,8 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
 def run(cfg, workdir: str) -> dict:
   """Trains as configured; returns a summary (final losses and the generated sample)."""
   os.makedirs(workdir, exist_ok=True)
+  streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
   setup = train.build(cfg)
-  streams = data.load(cfg)
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
