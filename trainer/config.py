@@ -83,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
   d.tokenizer = ''           # 'byte' or 'gpt2'; '' takes the dataset's (embedded corpus: byte).
   d.max_bytes = 8_000_000    # Embedded corpus: bytes of standard-library source to read.
   d.val_every_nth_file = 50  # Embedded corpus: every n-th file goes to the validation split.
+  d.source = ''              # 'tfds:NAME' reads a TFDS text dataset (data.path: its data_dir).
 
   c.checkpoint = ck = ml_collections.ConfigDict()
   ck.every = 1000            # Steps between async saves to WORKDIR/checkpoints (0: at the end).

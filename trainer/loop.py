@@ -85,8 +85,8 @@ def run(cfg, workdir: str) -> dict:
 
 
 def _run(cfg, workdir: str, ckpts, preemption) -> dict:
+  streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
   setup = train.build(cfg)
-  streams = data.load(cfg)
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
