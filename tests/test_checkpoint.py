@@ -49,6 +49,7 @@ def _one_step(cfg, devices, state=None, ckpts=None, step=None):
   return float(m['loss'])
 
 
+@pytest.mark.slow
 def test_resume_on_other_meshes(tmp_path):
   cfg = tiny_config(**{'mesh.fsdp': 8})
   setup = train.build(cfg)
@@ -70,6 +71,7 @@ def test_resume_on_other_meshes(tmp_path):
   ckpts.close()
 
 
+@pytest.mark.slow
 def test_changed_model_is_refused_and_kept(tmp_path, capsys):
   workdir = str(tmp_path)
   args = ['train', '--config=configs/tiny.py', f'--workdir={workdir}', '--config.train.steps=2']
