@@ -162,8 +162,10 @@ class Preemption:
   def installed(self):
     def handler(signum, frame):
       self.requested = True
-    if threading.current_thread() is not threading.main_thread():
-      yield self  # Signals reach only the main thread; a caller elsewhere handles its own.
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+      # Signals reach only the main thread; with several processes jax's own preemption
+      # notifier (set up by jax.distributed.initialize) handles SIGTERM for stop_now().
+      yield self
       return
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -22,7 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
   """The embedded default: a small byte-level GPT on the Python standard library."""
   c = ml_collections.ConfigDict()
   c.seed = 0                 # PRNG seed for init, dropout and data order.
-  c.init_from = ''           # 'hf:PATH' starts from a local Hugging Face checkpoint.
+  c.init_from = ''           # 'hf:PATH': start from a local HF directory (same architecture).
 
   c.model = m = ml_collections.ConfigDict()
   m.family = 'gpt2'          # 'gpt2' or 'opt': naming for Hugging Face export.
