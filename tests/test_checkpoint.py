@@ -131,6 +131,28 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, capsys):
     assert f.read()
 
 
+def test_skip_non_finite_keeps_the_weights(tmp_path, capsys):
+  workdir = str(tmp_path)
+  code, out = run_cli(capsys, 'train', '--config=configs/tiny.py', f'--workdir={workdir}',
+                      '--config.train.steps=3', '--config.optim.lr=1e30',
+                      '--config.optim.clip_norm=0', '--config.optim.warmup_steps=0',
+                      '--config.train.skip_nonfinite=true', '--config.checkpoint.every=1',
+                      '--config.checkpoint.keep=0')
+  assert code == 0, out.err
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert [r['skipped'] for r in records] == [0.0, 1.0, 1.0]
+  assert np.isfinite(records[0]['loss']) and not np.isfinite(records[1]['loss'])
+  cfg = tiny_config(**{'train.steps': 3, 'optim.clip_norm': 0.0})  # Same optimizer structure.
+  setup = train.build(cfg)
+  ckpts = checkpoint.Checkpoints(workdir, cfg)
+  after_1, after_3 = (ckpts.restore(s, setup.abstract_state(), None) for s in (1, 3))
+  ckpts.close()
+  assert int(after_3.step) == 3
+  for a, b in zip(jax.tree.leaves(after_1.params), jax.tree.leaves(after_3.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_config_round_trips_through_json():
   cfg = tiny_config('opt350m', **{'checkpoint.every': 7})
   from trainer import config

@@ -102,8 +102,9 @@ class Checkpoints:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
     except Exception as e:  # Orbax raises many types for corrupt or misshaped files.
-      raise CheckpointError(f'{self.path(step)}: cannot restore ({_first_line(e)}); move this '
-                            'step directory away to resume from an earlier one') from None
+      raise CheckpointError(f'{self.path(step)}: cannot restore ({_first_line(e)}); use the '
+                            'settings it was saved with (see its config/), or move this step '
+                            'directory away to resume from an earlier one') from None
 
   def due(self, step: int) -> bool:
     every = self.cfg.checkpoint.every

@@ -59,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.eval_every = 100         # Steps between validation losses (0: only at the end).
   t.eval_batches = 4         # Validation batches per evaluation.
   t.sample_tokens = 120      # Tokens sampled from the trained model at the end (0: none).
+  t.skip_nonfinite = False   # Skip a step with a non-finite loss or gradient instead of stopping.
 
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 2e-3                # Peak learning rate.

@@ -65,6 +65,8 @@ def _start(cfg, setup, ckpts, batches):
 
 
 def _check_finite(step: int, loss, ckpts):
+  if ckpts.cfg.train.skip_nonfinite:
+    return  # The step itself left the weights alone; metrics.jsonl shows `skipped`.
   value = float(jax.device_get(loss))
   if not math.isfinite(value):
     good = 'none' if ckpts.last_saved is None else ckpts.path(ckpts.last_saved)
