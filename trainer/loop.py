@@ -21,6 +21,7 @@ class _Logger:
   def __init__(self, setup, workdir: str, start_step: int, goodput: metrics.Goodput):
     cfg = setup.cfg
     self.accountant = metrics.Accountant(cfg, setup.model_cfg, setup.mesh.size)
+    self.accountant.save(workdir)
     self.goodput = goodput
     self.writers = metrics.writers(cfg, workdir)
     self.console = metrics.Console(cfg.log.progress, cfg.train.steps, start_step)

@@ -40,6 +40,9 @@ def peak_flops_total(dtype: str) -> float:
   return per_device * jax.device_count()
 
 
+ACCOUNTING = 'accounting.json'
+
+
 def read_records(workdir: str) -> list[dict]:
   """The records of ``WORKDIR/metrics.jsonl`` (empty if there is none)."""
   path = os.path.join(workdir, 'metrics.jsonl')
@@ -117,6 +120,21 @@ class Accountant:
     self.model_flops = model.flops_per_token(model_cfg, seq)
     self.hardware_flops = model.hardware_flops_per_token(model_cfg, seq)
     self.target_tokens = cfg.train.target_tokens or cfg.train.steps * self.tokens_per_step
+
+  def describe(self) -> dict:
+    """The figures behind the accounting, saved once per run as WORKDIR/accounting.json."""
+    r = self.rates
+    return {'hardware': self.hw.name, 'chips': self.chips, 'devices': self.num_devices,
+            'billed_chips': r.chips, 'peak_flops_total': self.peak_total,
+            'price_per_chip_hour': r.price_per_chip_hour, 'power_w_per_chip': r.power_w,
+            'pue': r.pue, 'kg_co2e_per_kwh': r.kg_co2e_per_kwh,
+            'tokens_per_step': self.tokens_per_step, 'model_flops_per_token': self.model_flops,
+            'hardware_flops_per_token': self.hardware_flops, 'target_tokens': self.target_tokens}
+
+  def save(self, workdir: str):
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, ACCOUNTING), 'w') as f:
+        json.dump(self.describe(), f, indent=1)
 
   def fields(self, step: int, tokens_per_sec: float, wall_s: float) -> dict:
     tokens = step * self.tokens_per_step
