@@ -20,11 +20,12 @@ class _Logger:
 
   def __init__(self, setup, workdir: str, start_step: int, goodput: metrics.Goodput):
     cfg = setup.cfg
-    self.accountant = metrics.Accountant(cfg, setup.model_cfg, setup.mesh.size)
-    self.accountant.save(workdir)
     self.goodput = goodput
-    self.writers = metrics.writers(cfg, workdir)
-    self.console = metrics.Console(cfg.log.progress, cfg.train.steps, start_step)
+    with goodput.timing('startup'):  # Measuring the CPU peak and opening W&B take seconds.
+      self.accountant = metrics.Accountant(cfg, setup.model_cfg, setup.mesh.size)
+      self.accountant.save(workdir)
+      self.writers = metrics.writers(cfg, workdir)
+      self.console = metrics.Console(cfg.log.progress, cfg.train.steps, start_step)
     self.last_train_s, self.last_step = self._train_seconds(), start_step
     self.records = []
 
@@ -77,8 +78,7 @@ def run(cfg, workdir: str) -> dict:
     step_fn = setup.compile_train_step()
     eval_fn = setup.jit_eval_step()
   _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s')
-  with goodput.timing('startup'):  # Measures the CPU peak, opens TensorBoard and W&B.
-    logger = _Logger(setup, workdir, start_step, goodput)
+  logger = _Logger(setup, workdir, start_step, goodput)
 
   pending = None
   for step in range(start_step + 1, t.steps + 1):
