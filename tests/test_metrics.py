@@ -37,13 +37,16 @@ def test_goodput_counts_overheads_and_steps():
 def test_goodput_resume_adds_up_and_charges_lost_steps_to_restart(tmp_path):
   # Run 1 logged steps 10 and 20, checkpointed at 10, then died; run 2 resumes from 10.
   write_records(tmp_path, [record(10, 100.0, 50.0), record(20, 160.0, 110.0)])
-  g = metrics.Goodput.resume(str(tmp_path), start_step=10)
+  g = metrics.Goodput()
+  g.carry_over(str(tmp_path), start_step=10)
   totals = g.totals()
   assert totals['wall'] >= 160.0 and totals['compile'] == 10.0
   assert totals['restart'] == pytest.approx(60.0)  # Steps 11-20 are done again.
   assert totals['step'] == pytest.approx(totals['wall'] - 10 - 2 - 1 - 60, abs=1e-6)
   # A fresh run (step 0) in the same workdir carries nothing.
-  assert metrics.Goodput.resume(str(tmp_path), start_step=0).totals()['wall'] < 1.0
+  fresh = metrics.Goodput()
+  fresh.carry_over(str(tmp_path), start_step=0)
+  assert fresh.totals()['wall'] < 1.0
 
 
 def test_accountant_fields(monkeypatch):

@@ -70,9 +70,11 @@ def test_hardware_flops_with_full_remat():
   cfg = config.load(os.path.join(ROOT, 'configs', 'gpt2.py') + ':gpt2')
   mcfg = model.ModelConfig.from_config(cfg.model)
   full = model.hardware_flops_per_token(mcfg, 1024, remat='full')
+  dots = model.hardware_flops_per_token(mcfg, 1024, remat='dots')
   none = model.hardware_flops_per_token(mcfg, 1024, remat='none')
   assert none == model.flops_per_token(mcfg, 1024)
   assert 1.2 < full / none < 4 / 3 + 1e-9  # ~8ND/6ND; the LM head is not recomputed.
+  assert dots - none == 4 * 12 * 768 * 1024  # The attention dots, forward once more.
 
 
 @pytest.mark.parametrize('args,message', [

@@ -63,8 +63,9 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
 def run(cfg, workdir: str) -> dict:
   """Trains as configured; returns a summary (final losses and the generated sample)."""
   os.makedirs(workdir, exist_ok=True)
-  start_step = 0
-  goodput = metrics.Goodput.resume(workdir, start_step)
+  goodput = metrics.Goodput()
+  start_step = 0  # A restored checkpoint's step, once the loop resumes from checkpoints.
+  goodput.carry_over(workdir, start_step)
   setup = train.build(cfg)
   streams = data.load(cfg)
   t = cfg.train

@@ -56,13 +56,13 @@ class Goodput:
   """Wall time by kind; training steps get what no overhead claims.
 
   Overheads are fed by the loop (``add`` or ``timing``). Totals are cumulative over the
-  workdir's runs: a resumed run starts from the last record's totals.
+  workdir's runs: a resumed run starts from the last record's totals (``carry_over``).
   """
   OVERHEADS = ('startup', 'compile', 'data', 'eval', 'checkpoint', 'restart')
 
-  def __init__(self, carried: dict | None = None):
+  def __init__(self):
     self.start = time.perf_counter()
-    self.carried = {'wall': 0.0, **{k: 0.0 for k in self.OVERHEADS}, **(carried or {})}
+    self.carried = {'wall': 0.0, **{k: 0.0 for k in self.OVERHEADS}}
     self.seconds = {k: 0.0 for k in self.OVERHEADS}
 
   def add(self, kind: str, seconds: float):
@@ -89,18 +89,20 @@ class Goodput:
     return {'goodput': totals['step'] / max(totals['wall'], 1e-9),
             **{f'time_{k}_s': v for k, v in totals.items()}}
 
-  @classmethod
-  def resume(cls, workdir: str, start_step: int) -> 'Goodput':
-    """Carries the totals of earlier runs; steps after the checkpoint become restart time."""
+  def carry_over(self, workdir: str, start_step: int):
+    """Adds the totals of earlier runs in ``workdir``; steps after the checkpoint become restart.
+
+    Call once the step to resume from is known (0: a fresh run, nothing is carried).
+    """
     records = [r for r in read_records(workdir) if 'time_wall_s' in r]
     if not start_step or not records:
-      return cls()
+      return
     last = records[-1]
-    carried = {k: last[f'time_{k}_s'] for k in ('wall',) + cls.OVERHEADS}
+    for k in ('wall',) + self.OVERHEADS:
+      self.carried[k] += last[f'time_{k}_s']
     at_checkpoint = [r for r in records if r['step'] <= start_step]
     lost = last['time_step_s'] - (at_checkpoint[-1]['time_step_s'] if at_checkpoint else 0.0)
-    carried['restart'] += max(lost, 0.0)
-    return cls(carried)
+    self.carried['restart'] += max(lost, 0.0)
 
 
 class Accountant:

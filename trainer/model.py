@@ -272,15 +272,16 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq_len: int, remat: str | None = None) -> int:
-  """FLOPs the chips execute per token: model FLOPs plus forward passes that remat repeats.
+  """FLOPs the chips execute per token: model FLOPs plus forward work that remat repeats.
 
   Full remat recomputes each block's forward pass in the backward pass: 2 x block matmul
   weights plus 4 x layers x embed x seq_len of attention (OPT's 147 TFLOP/s per GPU counts
-  these; about 8ND rather than 6ND). 'dots' saves the matmul outputs, so it repeats no matmul.
+  these; about 8ND rather than 6ND). 'dots' keeps the weight matmuls' outputs and repeats
+  only the attention dots (they have batch dimensions): 4 x layers x embed x seq_len.
   """
   remat = cfg.remat if remat is None else remat
-  extra = 0
-  if remat == 'full':
-    E, M, L = cfg.embed_dim, cfg.mlp_dim, cfg.num_layers
-    extra = 2 * L * (4 * E * E + 2 * E * M) + 4 * L * E * seq_len
+  E, M, L = cfg.embed_dim, cfg.mlp_dim, cfg.num_layers
+  attention = 4 * L * E * seq_len
+  extra = {'none': 0, 'dots': attention,
+           'full': 2 * L * (4 * E * E + 2 * E * M) + attention}[remat]
   return flops_per_token(cfg, seq_len) + extra

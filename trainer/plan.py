@@ -61,9 +61,10 @@ def estimate_memory(cfg, mcfg: model.ModelConfig, hw: hardware.Hardware, chips: 
 
   Activations per layer follow Korthikanti et al. 2022 ("Reducing Activation
   Recomputation in Large Transformer Models", eq. 2 with tensor parallelism t):
-  s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes at 16 bits; full remat keeps each layer's
-  2*s*b*h input and one layer's full set while it recomputes. 'dots' is counted as
-  'none' (an upper bound). Logits and their gradient add 2 x s*b*V/t float32.
+  s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes at 16 bits; 'dots' recomputes attention, so the
+  5*a*s/(h*t) score term goes (their selective recomputation); full remat keeps each
+  layer's 2*s*b*h input and one layer's full set while it recomputes. Logits and their
+  gradient add 2 x s*b*V/t float32.
   """
   devices = chips * hw.devices_per_chip
   data, fsdp, tensor = shape = sharding.mesh_shape(cfg.mesh, devices)
@@ -73,9 +74,12 @@ def estimate_memory(cfg, mcfg: model.ModelConfig, hw: hardware.Hardware, chips: 
   b = math.ceil(t.batch_size / t.micro_batches / (data * fsdp))
   s, h, a, L = t.seq_len, mcfg.embed_dim, mcfg.num_heads, mcfg.num_layers
   scale = mcfg.compute_dtype.itemsize / 2
-  layer = s * b * h * (10 + 24 / tensor + 5 * a * s / (h * tensor)) * scale
+  scores = s * b * h * 5 * a * s / (h * tensor) * scale
+  layer = s * b * h * (10 + 24 / tensor) * scale + scores
   if mcfg.remat == 'full':
     acts = L * 2 * s * b * h * scale + layer
+  elif mcfg.remat == 'dots':
+    acts = L * (layer - scores) + scores
   else:
     acts = L * layer
   acts += 2 * s * b * mcfg.padded_vocab / tensor * 4
