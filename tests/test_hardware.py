@@ -53,3 +53,17 @@ def test_rates_from_table_and_overrides():
   rates = hardware.Rates.from_config(cfg.cost, hardware.get('h100'), chips=8)
   assert (rates.chips, rates.price_per_chip_hour, rates.power_w) == (16, 3.5, 500.0)
   assert rates.dollars(1.0) == 56.0
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('cost.hardware', 'tpu-v9', 'unknown hardware .tpu-v9.; known: tpu-v2'),
+    ('cost.chips', -1, '--config.cost.chips=-1: must be 0'),
+    ('cost.pue', 0.5, '--config.cost.pue=0.5: a PUE is 1.0 or more'),
+    ('cost.kg_co2e_per_kwh', -0.1, 'must not be negative'),
+    ('train.target_tokens', -5, '--config.train.target_tokens=-5'),
+])
+def test_cost_config_is_validated_before_compiling(key, value, message):
+  from trainer import config
+  cfg = tiny_config(**{key: value})
+  with pytest.raises(ConfigError, match=message):
+    config.validate(cfg, 8)
