@@ -38,7 +38,8 @@ def test_unknown_hardware_lists_the_known_names():
     ('tpu', 'TPU v3', 'tpu-v3'), ('tpu', 'TPU v4', 'tpu-v4'), ('tpu', 'TPU v5 lite', 'tpu-v5e'),
     ('tpu', 'TPU v5', 'tpu-v5p'), ('tpu', 'TPU v6 lite', 'tpu-v6e'),
     ('gpu', 'NVIDIA A100-SXM4-80GB', 'a100-80gb'), ('gpu', 'NVIDIA A100-SXM4-40GB', 'a100-40gb'),
-    ('gpu', 'NVIDIA H100 80GB HBM3', 'h100'), ('gpu', 'NVIDIA H200', 'h200'), ('cpu', 'cpu', 'cpu')])
+    ('gpu', 'NVIDIA H100 80GB HBM3', 'h100'), ('gpu', 'NVIDIA H200', 'h200'),
+    ('cpu', 'cpu', 'cpu')])
 def test_detect(platform, kind, name):
   assert hardware.detect(types.SimpleNamespace(platform=platform, device_kind=kind)) == name
 

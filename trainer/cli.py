@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
   info_p.add_argument('--config', default='')
   info_p.add_argument('--json', action='store_true', help='print one JSON object')
   info_p.set_defaults(run=cmd_info)
-  plan_p = verbs.add_parser('plan', help='time, dollars, energy, CO2e and memory fit, before launch')
+  plan_p = verbs.add_parser('plan', help='time, dollars, energy, CO2e and memory fit, pre-launch')
   plan_p.add_argument('--config', default='')
   plan_p.add_argument('--hardware', required=True, help='tpu-v3, a100-80gb, h100 ... (chips)')
   plan_p.add_argument('--chips', type=int, required=True, help='chips (a v3-256 slice is 128)')

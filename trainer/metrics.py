@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -226,8 +227,9 @@ class Console:
     self.bar = None
     if use_bar and self.active:
       from tqdm import tqdm
+      size = shutil.get_terminal_size((120, 20))  # tqdm hides its bar on a 0-row pty.
       self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, unit='step',
-                      dynamic_ncols=True)
+                      ncols=size.columns, nrows=size.lines)
 
   def show(self, record: dict):
     if not self.active:
@@ -255,8 +257,9 @@ def _duration(seconds: float) -> str:
 
 def short_line(r: dict) -> str:
   """What the progress bar shows beside the step count."""
-  return (f"loss {r['loss']:.3f} | {r['tokens_per_sec']:,.0f} tok/s | MFU {100 * r['mfu']:.1f}% | "
-          f"${r['dollars']:,.2f}")
+  dollars = f"${r['dollars']:,.2f}" if r['dollars'] >= 1 else f"${r['dollars']:.4f}"
+  return (f"loss {r['loss']:.3f} | {r['tokens_per_sec']:,.0f} tok/s | "
+          f"MFU {100 * r['mfu']:.1f}% | {dollars}")
 
 
 def format_line(r: dict) -> str:
