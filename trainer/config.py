@@ -59,6 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
   t.eval_every = 100         # Steps between validation losses (0: only at the end).
   t.eval_batches = 4         # Validation batches per evaluation.
   t.sample_tokens = 120      # Tokens sampled from the trained model at the end (0: none).
+  t.target_tokens = 0        # Tokens the run is meant to see, for ETA and projected dollars
+                             # (0: steps x batch_size x seq_len).
 
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 2e-3                # Peak learning rate.
@@ -84,6 +86,21 @@ def default_config() -> ml_collections.ConfigDict:
   d.max_bytes = 8_000_000    # Embedded corpus: bytes of standard-library source to read.
   d.val_every_nth_file = 50  # Embedded corpus: every n-th file goes to the validation split.
   d.source = ''              # 'tfds:NAME' reads a TFDS text dataset (data.path: its data_dir).
+
+  # What the run costs; figures and their sources are in trainer/hardware.py.
+  c.cost = k = ml_collections.ConfigDict()
+  k.hardware = ''            # Table name (tpu-v3, h100, cpu ...); '' detects it from the devices.
+  k.chips = 0                # Chips billed; 0: devices / devices per chip (CPU: hosts).
+  k.price_per_chip_hour = -1.0  # Dollars per chip-hour; negative: the table's on-demand price.
+  k.power_w = -1.0           # Average watts per chip; negative: the table's figure.
+  k.pue = 1.1                # Data-centre power usage effectiveness (Google fleet: ~1.1).
+  k.kg_co2e_per_kwh = 0.429  # Grid carbon intensity; 0.429 is the US average that
+                             # Patterson et al. 2021 use. Set your region's.
+
+  c.log = lg = ml_collections.ConfigDict()
+  lg.tensorboard = True      # TensorBoard event files in WORKDIR/tb (tensorboardX).
+  lg.wandb_project = ''      # Weights & Biases project; '' is off (needs `pip install wandb`).
+  lg.progress = 'auto'       # Console: 'bar' (tqdm), 'lines', or 'auto' (a bar on a terminal).
   c.lock()
   return c
 
@@ -168,7 +185,22 @@ _CHOICES = {
     'optim.schedule': ('cosine', 'linear', 'constant'),
     'mesh.rules': ('dp', 'fsdp', 'fsdp_tp'),
     'data.tokenizer': ('', 'byte', 'gpt2'),
+    'log.progress': ('auto', 'bar', 'lines'),
 }
+
+
+def validate_cost(cfg):
+  """Checks the cost section and target_tokens."""
+  from trainer import hardware  # Local import: hardware imports this module.
+  k = cfg.cost
+  if k.hardware:
+    hardware.get(k.hardware)
+  _require(cfg.train.target_tokens >= 0,
+           f'--config.train.target_tokens={cfg.train.target_tokens}: must be 0 or positive')
+  _require(k.chips >= 0, f'--config.cost.chips={k.chips}: must be 0 (from the devices) or positive')
+  _require(k.pue >= 1.0, f'--config.cost.pue={k.pue}: a PUE is 1.0 or more')
+  _require(k.kg_co2e_per_kwh >= 0, f'--config.cost.kg_co2e_per_kwh={k.kg_co2e_per_kwh}: '
+           'must not be negative')
 
 
 def validate(cfg, num_devices: int) -> tuple[int, int, int]:
@@ -183,6 +215,7 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
     _require(m[key] > 0, f'--config.model.{key}={m[key]}: must be positive')
   for key in ('steps', 'batch_size', 'seq_len', 'micro_batches', 'log_every'):
     _require(t[key] > 0, f'--config.train.{key}={t[key]}: must be positive')
+  validate_cost(cfg)
   _require(m.embed_dim % m.num_heads == 0,
            f'--config.model.embed_dim={m.embed_dim} is not divisible by '
            f'--config.model.num_heads={m.num_heads}; change one of them')
