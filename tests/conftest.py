@@ -40,3 +40,14 @@ def without_key_bias(params):
   assert np.abs(bias[:, 1]).max() <= 0.0031  # lr = 3e-3 of configs/tiny.py bounds the noise step.
   params['h']['attn']['c_attn_bias'] = bias[:, ::2]
   return params
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(tmp_path_factory):
+  """A real 4-step tiny run (evaluations at steps 2 and 4), shared by the report and card tests."""
+  from trainer import loop
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  cfg = tiny_config(**{'train.steps': 4, 'train.eval_every': 2, 'cost.price_per_chip_hour': 3.0,
+                       'cost.power_w': 250.0})
+  loop.run(cfg, str(workdir))
+  return workdir, cfg

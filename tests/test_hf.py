@@ -99,7 +99,8 @@ def test_export_loads_in_transformers(variant, tmp_path, capsys):
   loop.run(tiny_config(variant, **{'train.steps': 2}), str(workdir))
   code, printed = _run_cli(capsys, 'export', f'--workdir={workdir}', f'--out={out}')
   assert code == 0, printed.err
-  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+  assert sorted(os.listdir(out)) == ['DATA_CARD.md', 'MODEL_CARD.md', 'config.json',
+                                     'model.safetensors']
   model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
   cfg, step, state = checkpoint.latest(str(workdir))
   assert step == 2 and model.config.model_type == cfg.model.family

@@ -57,12 +57,12 @@ def cmd_train(args, overrides) -> int:
 
 def cmd_export(args, overrides) -> int:
   """Writes the newest checkpoint's weights as a Hugging Face directory."""
-  from trainer import checkpoint, hf, model
+  from trainer import cards, checkpoint, hf, model
   if overrides:
     raise config_lib.ConfigError('export takes no --config overrides (the checkpoint has one)')
   cfg, step, state = checkpoint.latest(args.workdir)
   hf.save_dir(args.out, state.params, model.ModelConfig.from_config(cfg.model))
-  # Files that describe the export (model and data cards) are written here, beside the weights.
+  cards.write(args.out, args.workdir, cfg)  # Files that describe the weights go beside them.
   print(f'exported step {step} of {args.workdir} to {args.out}')
   return 0
 
@@ -146,6 +146,24 @@ def _prepare_parser(verbs):
   p.set_defaults(run=cmd_prepare)
 
 
+def cmd_plan(args, overrides) -> int:
+  from trainer import plan
+  cfg = config_lib.load(args.config, overrides)
+  tokens = plan.parse_count(args.tokens, 'tokens')
+  tps = None if args.tokens_per_sec is None else plan.parse_count(args.tokens_per_sec,
+                                                                  'tokens-per-sec')
+  report = plan.plan(cfg, args.hardware, args.chips, tokens, mfu=args.mfu, hfu=args.hfu,
+                     tokens_per_sec=tps, price=args.price, remat=args.remat)
+  print(json.dumps(report) if args.json else plan.format_plan(report))
+  return 0
+
+
+def cmd_report(args, overrides) -> int:
+  from trainer import report
+  print(report.report(args.workdir, plots=not args.no_plots))
+  return 0
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog='trainer', description=__doc__.splitlines()[0])
   verbs = parser.add_subparsers(dest='verb', required=True, parser_class=_Parser)
@@ -162,6 +180,23 @@ def _parser() -> argparse.ArgumentParser:
   info_p.add_argument('--json', action='store_true', help='print one JSON object')
   info_p.set_defaults(run=cmd_info)
   _prepare_parser(verbs)
+  plan_p = verbs.add_parser('plan', help='time, dollars, energy, CO2e and memory fit, pre-launch')
+  plan_p.add_argument('--config', default='')
+  plan_p.add_argument('--hardware', required=True, help='tpu-v3, a100-80gb, h100 ... (chips)')
+  plan_p.add_argument('--chips', type=int, required=True, help='chips (a v3-256 slice is 128)')
+  plan_p.add_argument('--tokens', required=True, help='tokens to train on: 300e9 or 300B')
+  rate = plan_p.add_mutually_exclusive_group()
+  rate.add_argument('--mfu', type=float, help='assumed model FLOPs utilisation (default 0.4)')
+  rate.add_argument('--hfu', type=float, help='assumed hardware FLOPs utilisation (with remat)')
+  rate.add_argument('--tokens-per-sec', help='measured global throughput instead of an MFU')
+  plan_p.add_argument('--price', type=float, help="dollars per chip-hour (default: the table's)")
+  plan_p.add_argument('--remat', choices=('none', 'dots', 'full'), help='override model.remat')
+  plan_p.add_argument('--json', action='store_true', help='print one JSON object')
+  plan_p.set_defaults(run=cmd_plan)
+  report_p = verbs.add_parser('report', help="summary table and plots of a run's workdir")
+  report_p.add_argument('workdir')
+  report_p.add_argument('--no-plots', action='store_true', help='print the table only')
+  report_p.set_defaults(run=cmd_report)
   return parser
 
 

@@ -60,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
   t.eval_batches = 4         # Validation batches per evaluation.
   t.sample_tokens = 120      # Tokens sampled from the trained model at the end (0: none).
   t.skip_nonfinite = False   # Skip a step with a non-finite loss or gradient instead of stopping.
+  t.target_tokens = 0        # Tokens the run is meant to see, for ETA and projected dollars
+                             # (0: steps x batch_size x seq_len).
 
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 2e-3                # Peak learning rate.
@@ -90,6 +92,20 @@ def default_config() -> ml_collections.ConfigDict:
   ck.every = 1000            # Steps between async saves to WORKDIR/checkpoints (0: at the end).
   ck.keep = 3                # Most recent checkpoints kept (0: all).
   ck.keep_every = 0          # Also keep every step divisible by this, permanently (0: none).
+  # What the run costs; figures and their sources are in trainer/hardware.py.
+  c.cost = k = ml_collections.ConfigDict()
+  k.hardware = ''            # Table name (tpu-v3, h100, cpu ...); '' detects it from the devices.
+  k.chips = 0                # Chips billed; 0: devices / devices per chip (CPU: hosts).
+  k.price_per_chip_hour = -1.0  # Dollars per chip-hour; negative: the table's on-demand price.
+  k.power_w = -1.0           # Average watts per chip; negative: the table's figure.
+  k.pue = 1.1                # Data-centre power usage effectiveness (Google fleet: ~1.1).
+  k.kg_co2e_per_kwh = 0.429  # Grid carbon intensity; 0.429 is the US average that
+                             # Patterson et al. 2021 use. Set your region's.
+
+  c.log = lg = ml_collections.ConfigDict()
+  lg.tensorboard = True      # TensorBoard event files in WORKDIR/tb (tensorboardX).
+  lg.wandb_project = ''      # Weights & Biases project; '' is off (needs `pip install wandb`).
+  lg.progress = 'auto'       # Console: 'bar' (tqdm), 'lines', or 'auto' (a bar on a terminal).
   c.lock()
   return c
 
@@ -191,7 +207,22 @@ _CHOICES = {
     'optim.schedule': ('cosine', 'linear', 'constant'),
     'mesh.rules': ('dp', 'fsdp', 'fsdp_tp'),
     'data.tokenizer': ('', 'byte', 'gpt2'),
+    'log.progress': ('auto', 'bar', 'lines'),
 }
+
+
+def validate_cost(cfg):
+  """Checks the cost section and target_tokens."""
+  from trainer import hardware  # Local import: hardware imports this module.
+  k = cfg.cost
+  if k.hardware:
+    hardware.get(k.hardware)
+  _require(cfg.train.target_tokens >= 0,
+           f'--config.train.target_tokens={cfg.train.target_tokens}: must be 0 or positive')
+  _require(k.chips >= 0, f'--config.cost.chips={k.chips}: must be 0 (from the devices) or positive')
+  _require(k.pue >= 1.0, f'--config.cost.pue={k.pue}: a PUE is 1.0 or more')
+  _require(k.kg_co2e_per_kwh >= 0, f'--config.cost.kg_co2e_per_kwh={k.kg_co2e_per_kwh}: '
+           'must not be negative')
 
 
 def validate(cfg, num_devices: int) -> tuple[int, int, int]:
@@ -211,6 +242,7 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
              'must be 0 or positive')
   _require(not cfg.init_from or cfg.init_from.startswith('hf:'),
            f'--config.init_from={cfg.init_from!r}: expected hf:PATH (a Hugging Face directory)')
+  validate_cost(cfg)
   _require(m.embed_dim % m.num_heads == 0,
            f'--config.model.embed_dim={m.embed_dim} is not divisible by '
            f'--config.model.num_heads={m.num_heads}; change one of them')

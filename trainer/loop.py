@@ -18,27 +18,41 @@ def _say(*args):
 class _Logger:
   """Turns step metrics into records; never waits on a step it has not yet dispatched past."""
 
-  def __init__(self, setup, workdir: str, start_step: int):
+  def __init__(self, setup, workdir: str, start_step: int, goodput: metrics.Goodput):
     cfg = setup.cfg
-    self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-    self.flops_per_token = model.flops_per_token(setup.model_cfg, cfg.train.seq_len)
-    self.peak = metrics.peak_flops_total(cfg.model.dtype)
-    self.writer = metrics.Writer(workdir)
-    self.last_time, self.last_step, self.paused = time.perf_counter(), start_step, 0.0
+    self.goodput = goodput
+    with goodput.timing('startup'):  # Measuring the CPU peak and opening W&B take seconds.
+      self.accountant = metrics.Accountant(cfg, setup.model_cfg, setup.mesh.size)
+      self.accountant.save(workdir)
+      self.writers = metrics.writers(cfg, workdir)
+      self.console = metrics.Console(cfg.log.progress, cfg.train.steps, start_step)
+    self.last_train_s, self.last_step = self._train_seconds(), start_step
     self.records = []
+
+  def _train_seconds(self) -> float:
+    """Wall time in steps and data waits, without compile, evaluation or checkpoints."""
+    totals = self.goodput.totals()
+    return totals['step'] + totals['data']
 
   def emit(self, step: int, device_metrics, extra: dict):
     values = jax.device_get(device_metrics)  # Blocks until `step` has finished.
-    now = time.perf_counter()
-    step_time = (now - self.last_time - self.paused) / max(step - self.last_step, 1)
-    self.last_time, self.last_step, self.paused = now, step, 0.0
-    tokens_per_sec = self.tokens_per_step / step_time
+    train_s = self._train_seconds()
+    step_time = (train_s - self.last_train_s) / max(step - self.last_step, 1)
+    self.last_train_s, self.last_step = train_s, step
+    tokens_per_sec = self.accountant.tokens_per_step / max(step_time, 1e-9)
+    good = self.goodput.fields()
     record = {'step': step, **{k: float(v) for k, v in values.items()},
               'tokens_per_sec': tokens_per_sec, 'step_time_s': step_time,
-              'mfu': self.flops_per_token * tokens_per_sec / self.peak, **extra}
-    self.writer.write(record)
+              **self.accountant.fields(step, tokens_per_sec, good['time_wall_s']), **good, **extra}
+    for writer in self.writers:
+      writer.write(record)
     self.records.append(record)
-    _say(metrics.format_line(record))
+    self.console.show(record)
+
+  def close(self):
+    for writer in self.writers:
+      writer.close()
+    self.console.close()
 
 
 def evaluate(eval_fn, params, batches, batch_sharding) -> float:
@@ -87,6 +101,7 @@ def run(cfg, workdir: str) -> dict:
 
 
 def _run(cfg, workdir: str, ckpts, preemption) -> dict:
+  goodput = metrics.Goodput()
   streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
   setup = train.build(cfg)
   t = cfg.train
@@ -94,16 +109,21 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
   batches = iter(streams.train.to_iter_dataset())
   state, start_step = _start(cfg, setup, ckpts, batches)
+  goodput.carry_over(workdir, start_step)  # Reads the lines that keep_until drops.
   metrics.keep_until(workdir, start_step)
-  compile_start = time.perf_counter()
-  step_fn = setup.compile_train_step()
-  eval_fn = setup.jit_eval_step()
+  goodput.add('restart' if start_step else 'startup', time.perf_counter() - goodput.start)
+  with goodput.timing('compile'):
+    compile_start = time.perf_counter()
+    step_fn = setup.compile_train_step()
+    eval_fn = setup.jit_eval_step()
   _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s')
-  logger = _Logger(setup, workdir, start_step)
+  logger = _Logger(setup, workdir, start_step, goodput)
 
   pending = unchecked = None
   for step in range(start_step + 1, t.steps + 1):
-    state, step_metrics = step_fn(state, data.to_global(next(batches), setup.batch_sharding))
+    with goodput.timing('data'):
+      batch = data.to_global(next(batches), setup.batch_sharding)
+    state, step_metrics = step_fn(state, batch)
     if unchecked:  # The previous step's loss, read while this step runs.
       _check_finite(*unchecked, ckpts)
     unchecked = (step, step_metrics['loss'])
@@ -112,21 +132,22 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
     extra = {}
     if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
       jax.block_until_ready(step_metrics)  # Training time ends here; evaluation is not counted.
-      pause = time.perf_counter()
-      extra['eval_loss'] = evaluate(eval_fn, state.params, streams.val, setup.batch_sharding)
-      logger.paused += time.perf_counter() - pause
+      with goodput.timing('eval'):
+        extra['eval_loss'] = evaluate(eval_fn, state.params, streams.val, setup.batch_sharding)
     due = step % t.log_every == 0 or step == t.steps or bool(extra)
     pending = (step, step_metrics, extra) if due else None
     stop = preemption.stop_now(step)
     if ckpts.due(step) or stop or step == t.steps:
       _check_finite(*unchecked, ckpts)  # Never save a state that a non-finite step produced.
       unchecked = None
-      ckpts.save(step, state, batches)
+      with goodput.timing('checkpoint'):
+        ckpts.save(step, state, batches)
     if stop:
       _say(f'preempted (SIGTERM): saved step {step} to {ckpts.path(step)}; exiting')
       break
   if pending:
     logger.emit(*pending)
+  logger.close()
 
   summary = {'records': logger.records}
   if t.sample_tokens and not preemption.requested:

@@ -269,3 +269,19 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
   Embedding lookups, biases, norms and softmax are left out.
   """
   return 6 * matmul_params(cfg) + 12 * cfg.num_layers * cfg.embed_dim * seq_len
+
+
+def hardware_flops_per_token(cfg: ModelConfig, seq_len: int, remat: str | None = None) -> int:
+  """FLOPs the chips execute per token: model FLOPs plus forward work that remat repeats.
+
+  Full remat recomputes each block's forward pass in the backward pass: 2 x block matmul
+  weights plus 4 x layers x embed x seq_len of attention (OPT's 147 TFLOP/s per GPU counts
+  these; about 8ND rather than 6ND). 'dots' keeps the weight matmuls' outputs and repeats
+  only the attention dots (they have batch dimensions): 4 x layers x embed x seq_len.
+  """
+  remat = cfg.remat if remat is None else remat
+  E, M, L = cfg.embed_dim, cfg.mlp_dim, cfg.num_layers
+  attention = 4 * L * E * seq_len
+  extra = {'none': 0, 'dots': attention,
+           'full': 2 * L * (4 * E * E + 2 * E * M) + attention}[remat]
+  return flops_per_token(cfg, seq_len) + extra
