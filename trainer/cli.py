@@ -10,6 +10,7 @@ import json
 import sys
 
 from trainer import config as config_lib
+from trainer import distributed
 
 _OVERRIDE = '--config.'
 
@@ -45,8 +46,11 @@ def _load_config(args, overrides):
 
 
 def cmd_train(args, overrides) -> int:
+  import jax
   from trainer import loop
-  cfg = _load_config(args, overrides)
+  cfg = config_lib.load(args.config, overrides)  # Bad keys stop here, before joining a cluster.
+  distributed.initialize(distributed.from_args(args))
+  config_lib.validate(cfg, jax.device_count())
   loop.run(cfg, args.workdir)
   return 0
 
@@ -99,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
   train = verbs.add_parser('train', help='train (resumes from WORKDIR if it holds a checkpoint)')
   train.add_argument('--config', default='', help='configs/FILE.py[:VARIANT]; default: embedded')
   train.add_argument('--workdir', default='runs/default', help='metrics and checkpoints go here')
+  distributed.add_flags(train)
   train.set_defaults(run=cmd_train)
   info_p = verbs.add_parser('info', help='parameters, FLOPs and sharding, without allocating')
   info_p.add_argument('--config', default='')
