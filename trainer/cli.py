@@ -97,6 +97,16 @@ def cmd_info(args, overrides) -> int:
   return 0
 
 
+def cmd_compile(args, overrides) -> int:
+  import os
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Compile-only TPU devices; never open a local TPU.
+  from trainer import aot
+  cfg = config_lib.load(args.config, overrides)
+  report = aot.fit_report(cfg, args.topology)
+  print(json.dumps(report) if args.json else aot.format_report(report))
+  return 0
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog='trainer', description=__doc__.splitlines()[0])
   verbs = parser.add_subparsers(dest='verb', required=True, parser_class=_Parser)
@@ -109,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
   info_p.add_argument('--config', default='')
   info_p.add_argument('--json', action='store_true', help='print one JSON object')
   info_p.set_defaults(run=cmd_info)
+  comp = verbs.add_parser('compile', help='compile the train step for a TPU topology: fits in HBM?')
+  comp.add_argument('--config', default='')
+  comp.add_argument('--topology', required=True, help='v3-256, v4-128, v5e-16, v5p-512, v6e-64 ...')
+  comp.add_argument('--json', action='store_true', help='print one JSON object')
+  comp.set_defaults(run=cmd_compile)
   return parser
 
 

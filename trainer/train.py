@@ -134,7 +134,7 @@ def build(cfg, devices=None) -> Setup:
   """Turns a validated config into a Setup on the given (default: all) devices."""
   devices = jax.devices() if devices is None else devices
   shape = sharding.mesh_shape(cfg.mesh, len(devices))
-  mesh = sharding.make_mesh(shape, devices)
+  mesh = sharding.make_mesh(shape, devices, cfg.mesh.slices)
   model_cfg = ModelConfig.from_config(cfg.model)
   model, eval_model = Decoder(model_cfg, deterministic=False), Decoder(model_cfg, deterministic=True)
   tx, lr_schedule = optimizer.make(cfg.optim, cfg.train.steps)
