@@ -86,7 +86,8 @@ class Setup:
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
-    shapes = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(self._init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))  # No concrete key:
+    # under a compile-only (AOT) mesh nothing may be placed on a device.
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
