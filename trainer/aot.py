@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 
 from trainer.config import ConfigError
@@ -21,8 +22,8 @@ GIB = 1024**3
 GENERATIONS = {
     'v2': dict(hbm_gib=8, devices_per_chip=2, name_counts='cores', dims=2),
     'v3': dict(hbm_gib=16, devices_per_chip=2, name_counts='cores', dims=2),
-    'v4': dict(hbm_gib=32, devices_per_chip=1, name_counts='cores', dims=3),
-    'v5p': dict(hbm_gib=95, devices_per_chip=1, name_counts='cores', dims=3),
+    'v4': dict(hbm_gib=32, devices_per_chip=1, name_counts='cores', dims=3, megacore=True),
+    'v5p': dict(hbm_gib=95, devices_per_chip=1, name_counts='cores', dims=3, megacore=True),
     'v5e': dict(hbm_gib=16, devices_per_chip=1, name_counts='chips', dims=2),
     'v6e': dict(hbm_gib=32, devices_per_chip=1, name_counts='chips', dims=2),
 }
@@ -81,13 +82,17 @@ def topology_devices(topo: Topology, slices: int = 1) -> list:
   if importlib.util.find_spec('libtpu') is None:
     raise ConfigError('trainer compile needs libtpu to compile for TPUs; install it with '
                       'pip install "libtpu==0.0.42.*" (the version jax[tpu]==0.10.2 pins)')
+  # Compile-only use opens no chip, so several compiles (and tests) may run side by side.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies
+  # v4 and v5p run one device per chip (megacore), as JAX sees them on the real machines.
+  mode = 'megacore' if GENERATIONS[topo.generation].get('megacore') else 'default'
   desc = topologies.get_topology_desc(platform='tpu', topology_name=f'{topo.generation}:{topo.chips}',
-                                      num_slices=slices)
+                                      chip_config_name=mode, num_slices=slices)
   return list(desc.devices)
 
 
-def _largest_arguments(setup, n: int = 5) -> list[tuple[str, int]]:
+def _largest_arguments(setup, n: int | None = 5) -> list[tuple[str, int]]:
   """Per-device bytes of the biggest train-state shards, by parameter path."""
   import jax
   rows = []
@@ -137,39 +142,65 @@ def _suggestions(cfg, r: dict) -> list[str]:
   return out or ['use a larger topology or a smaller model']
 
 
-def fit_report(cfg, topology: str) -> dict:
-  """Compiles the configured train step for ``topology`` and reports per-device memory and FLOPs."""
-  from trainer import config as config_lib, model, sharding, train
-  topo = parse(topology)
-  devices = topology_devices(topo, cfg.mesh.slices)
+_OOM = re.compile(r'HLO temporaries \(([\d.]+)([KMGT])\)')
+
+
+def _compile(setup) -> dict:
+  """Per-device memory and XLA FLOPs of the compiled step, or what an out-of-memory error says."""
+  from jax.errors import JaxRuntimeError
   try:
-    config_lib.validate(cfg, len(devices))
-  except ConfigError as e:
-    raise ConfigError(f'--topology={topology} has {len(devices)} devices: {e}') from None
-  setup = train.build(cfg, devices)
-  compiled = setup.compile_train_step()
+    compiled = setup.compile_train_step()
+  except JaxRuntimeError as e:
+    # XLA:TPU refuses to compile a program whose temporaries exceed HBM: that is the verdict.
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    m = _OOM.search(str(e))
+    temp = int(float(m.group(1)) * 1024**'KMGT'.index(m.group(2)) * 1024) if m else 0
+    args = sum(b for _, b in _largest_arguments(setup, n=None))
+    batch = setup.abstract_batch()
+    args += math.prod(batch.sharding.shard_shape(batch.shape)) * batch.dtype.itemsize
+    return {'argument_bytes_per_device': args, 'temp_bytes_per_device': temp,
+            'output_bytes_per_device': 0, 'peak_bytes_per_device': args + temp,
+            'xla_flops_per_step': 0.0, 'fits': False, 'largest_temporaries': [],
+            'compiler_error': str(e).splitlines()[0]}
   mem, cost = compiled.memory_analysis(), compiled.cost_analysis() or {}
   args, temp = mem.argument_size_in_bytes, mem.temp_size_in_bytes
   # Arguments stay live for the whole step and the temporaries are one block, so their sum
   # (plus outputs not donated into arguments) is what must fit; XLA's own peak can be lower.
   total = args + temp + mem.output_size_in_bytes - mem.alias_size_in_bytes
-  peak = max(total, mem.peak_memory_in_bytes)
+  return {'argument_bytes_per_device': int(args), 'temp_bytes_per_device': int(temp),
+          'output_bytes_per_device': int(mem.output_size_in_bytes),
+          'peak_bytes_per_device': int(max(total, mem.peak_memory_in_bytes)),
+          'xla_flops_per_step': float(cost.get('flops', 0.0)), 'fits': True,
+          'largest_temporaries': _largest_temporaries(compiled.as_text())}
+
+
+def fit_report(cfg, topology: str) -> dict:
+  """Compiles the configured train step for ``topology`` and reports per-device memory and FLOPs."""
+  from trainer import config as config_lib, model, sharding, train
+  topo = parse(topology)
+  count = topo.devices * cfg.mesh.slices
+  try:  # Before libtpu starts, so that a bad mesh costs nothing and prints one line.
+    config_lib.validate(cfg, count)
+  except ConfigError as e:
+    raise ConfigError(f'--topology={topology} has {count} devices: {e}') from None
+  devices = topology_devices(topo, cfg.mesh.slices)
+  assert len(devices) == count, f'libtpu gave {len(devices)} devices for {topology}, expected {count}'
+  setup = train.build(cfg, devices)
   tokens = cfg.train.batch_size * cfg.train.seq_len
   report = {
       'topology': topology, 'chips': f'{topo.generation}:{topo.chips}', 'slices': cfg.mesh.slices,
       'devices': len(devices), 'device_kind': devices[0].device_kind,
       'mesh': dict(zip(sharding.AXES, setup.mesh.devices.shape)), 'rules': cfg.mesh.rules,
-      'argument_bytes_per_device': int(args), 'temp_bytes_per_device': int(temp),
-      'output_bytes_per_device': int(mem.output_size_in_bytes),
-      'peak_bytes_per_device': int(peak), 'hbm_bytes_per_device': topo.hbm_bytes,
+      'hbm_bytes_per_device': topo.hbm_bytes,
       # The model's training FLOPs (the MFU convention). XLA's count is kept beside it, but
       # XLA counts a loop body once, so it is low with scan_layers or micro-batches.
       'flops_per_step': float(model.flops_per_token(setup.model_cfg, cfg.train.seq_len)) * tokens,
-      'xla_flops_per_step': float(cost.get('flops', 0.0)) * len(devices),
-      'fits': bool(peak <= topo.hbm_bytes),
+      **_compile(setup),
       'largest_arguments': _largest_arguments(setup),
-      'largest_temporaries': _largest_temporaries(compiled.as_text()),
   }
+  report['xla_flops_per_step'] *= len(devices)
+  report['fits'] = bool(report['fits'] and report['peak_bytes_per_device'] <= topo.hbm_bytes)
   if not report['fits']:
     report['suggestions'] = _suggestions(cfg, report)
   return report
@@ -192,7 +223,10 @@ def format_report(r: dict) -> str:
   if not r['fits']:
     lines.append('largest state shards per device: ' +
                  ', '.join(f'{n} {gib(b)}' for n, b in r['largest_arguments'][:3]))
-    lines.append('largest temporaries per device:  ' +
-                 ', '.join(f'{n} {gib(b)}' for n, b in r['largest_temporaries'][:3]))
+    if r['largest_temporaries']:
+      lines.append('largest temporaries per device:  ' +
+                   ', '.join(f'{n} {gib(b)}' for n, b in r['largest_temporaries'][:3]))
+    if 'compiler_error' in r:
+      lines.append(f"XLA: {r['compiler_error']}")
     lines += [f'try: {s}' for s in r['suggestions']]
   return '\n'.join(lines)
