@@ -49,3 +49,11 @@ def test_cli_rejects_half_the_flags_with_exit_2():
   assert out.stderr.strip().splitlines() == [
       'error: --coordinator, --num_processes and --process_id go together; give all three '
       '(e.g. --coordinator=10.0.0.1:8476 --num_processes=2 --process_id=0)']
+
+
+def test_slurm_one_process_per_node_drives_all_its_gpus(monkeypatch):
+  monkeypatch.setenv('SLURM_GPUS_ON_NODE', '8')
+  monkeypatch.setenv('SLURM_NTASKS_PER_NODE', '1')
+  assert distributed._slurm_node_devices() == list(range(8))
+  monkeypatch.setenv('SLURM_NTASKS_PER_NODE', '8')   # One per GPU: JAX's own choice.
+  assert distributed._slurm_node_devices() is None

@@ -70,3 +70,71 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(tmp_path):
   assert 'process 1 exited with code -9' in text
   assert 'stopped sending heartbeats' in text     # Process 0's own error, from the runtime.
   assert 'local.py: failed: processes [0, 1]' in text
+
+
+def dry_run(script, *args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch', script), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+
+
+def test_tpu_pod_dry_run_prints_every_command():
+  out = dry_run('tpu_pod.py', '--name=xl', '--zone=us-central2-b', '--type=v4-128', '--spot',
+                '--dry-run', '--', '--config=configs/gpt2.py:gpt2-xl,paper', '--workdir=gs://b/xl')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0] == ('gcloud compute tpus tpu-vm create xl --zone=us-central2-b '
+                      '--accelerator-type=v4-128 --version=tpu-ubuntu2204-base --spot')
+  assert "'--format=value(state)'` prints READY" in lines[1]
+  assert lines[2].endswith(f'-m pip wheel --no-deps -w {ROOT}/dist {ROOT}')
+  assert lines[3] == (f"gcloud compute tpus tpu-vm scp {ROOT}/dist/trainer-0.1.0-py3-none-any.whl "
+                      "'xl:~/trainer-0.1.0-py3-none-any.whl' --zone=us-central2-b --worker=all")
+  assert lines[4] == (f"gcloud compute tpus tpu-vm scp --recurse {ROOT}/configs 'xl:~/' "
+                      "--zone=us-central2-b --worker=all")
+  assert "--worker=all '--command=pip install -q '\"'\"'jax[tpu]==0.10.2'\"'\"' ~/trainer-0.1.0" in lines[5]
+  run = lines[6]
+  assert run.startswith('gcloud compute tpus tpu-vm ssh xl --zone=us-central2-b --worker=all')
+  assert ('agent-worker-number) = 0 ]; then trainer train --config=configs/gpt2.py:gpt2-xl,paper '
+          '--workdir=gs://b/xl 2>&1 | tee ~/train.log; else trainer train') in run
+  assert lines[-2] == 'gcloud compute tpus tpu-vm delete xl --zone=us-central2-b --quiet'
+
+
+def test_tpu_pod_multi_slice_uses_a_queued_resource_and_one_ssh_per_slice():
+  out = dry_run('tpu_pod.py', '--name=ms', '--zone=z', '--type=v5e-256', '--slices=2', '--dry-run',
+                '--', '--workdir=gs://b/ms', '--config.mesh.data=2')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0] == ('gcloud compute tpus queued-resources create ms --zone=z --node-count=2 '
+                      '--node-prefix=ms --accelerator-type=v5e-256 --runtime-version=tpu-ubuntu2204-base')
+  ssh = [l for l in lines if ' ssh ms-' in l and 'trainer train' in l]
+  assert [l.split()[5] for l in ssh] == ['ms-0', 'ms-1'] and all(l.endswith('&') for l in ssh)
+  assert all('--config.mesh.data=2 --config.mesh.slices=2' in l for l in ssh)
+  assert 'queued-resources delete ms --zone=z --force --quiet' in out.stdout
+
+
+def test_tpu_pod_needs_a_workdir_that_survives_the_vm():
+  out = dry_run('tpu_pod.py', '--name=x', '--zone=z', '--type=v4-8', '--dry-run', '--',
+                '--workdir=runs/x')
+  assert out.returncode == 2 and '--workdir=gs://BUCKET/PATH' in out.stderr
+
+
+@pytest.mark.parametrize('per, tasks, comment', [
+    ('gpu', 8, '# one process per GPU'), ('node', 1, '# one process per node')])
+def test_slurm_dry_run_prints_the_batch_script(per, tasks, comment):
+  out = dry_run('slurm.py', '--nodes=4', '--gpus-per-node=8', f'--per={per}', '--partition=gpu',
+                '--setup=source ~/venv/bin/activate', '--dry-run', '--',
+                '--config=configs/opt.py:opt-6.7b', '--workdir=/shared/opt')
+  assert out.returncode == 0, out.stderr
+  text = out.stdout
+  assert text.startswith('# /shared/opt/slurm_job.sh\n#!/bin/bash\n')
+  for line in ('#SBATCH --nodes=4', f'#SBATCH --ntasks-per-node={tasks}', '#SBATCH --gpus-per-node=8',
+               '#SBATCH --partition=gpu', '#SBATCH --requeue', f'#SBATCH --chdir={ROOT}', comment,
+               'source ~/venv/bin/activate',
+               'srun --kill-on-bad-exit=1 trainer train --config=configs/opt.py:opt-6.7b '
+               '--workdir=/shared/opt'):
+    assert line in text.splitlines() or text.count(line), line
+  assert text.splitlines()[-1] == 'sbatch /shared/opt/slurm_job.sh'
+
+
+def test_slurm_needs_a_shared_absolute_workdir():
+  out = dry_run('slurm.py', '--nodes=2', '--dry-run', '--', '--workdir=runs/x')
+  assert out.returncode == 2 and 'absolute --workdir=/shared/PATH' in out.stderr

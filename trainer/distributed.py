@@ -70,8 +70,20 @@ def initialize(s: Settings) -> str:
   if how == 'explicit':
     jax.distributed.initialize(s.coordinator, s.num_processes, s.process_id, **timeouts)
   else:
-    jax.distributed.initialize(**timeouts)
+    jax.distributed.initialize(local_device_ids=_slurm_node_devices(), **timeouts)
   return how
+
+
+def _slurm_node_devices() -> list[int] | None:
+  """All of the node's GPUs when SLURM runs one process per node, else None (JAX's default).
+
+  JAX's SLURM detection gives each process only GPU number SLURM_LOCALID, which is right
+  for one process per GPU and wrong for one process per node.
+  """
+  gpus = os.environ.get('SLURM_GPUS_ON_NODE', '')
+  if os.environ.get('SLURM_NTASKS_PER_NODE') == '1' and gpus.isdigit():
+    return list(range(int(gpus)))
+  return None
 
 
 def add_flags(parser):
