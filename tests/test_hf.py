@@ -1,12 +1,16 @@
 """Logits equal Hugging Face GPT-2 / OPT after converting their weights into ours."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 
-from trainer import hf
+from conftest import tiny_config
+from trainer import checkpoint, cli, data, hf, loop
 from trainer.model import Decoder, ModelConfig
 
 TINY_HF = {
@@ -79,3 +83,85 @@ def test_misshaped_tensor_is_named():
   del tensors['transformer.ln_f.bias']
   with pytest.raises(hf.ConversionError, match="missing tensor 'transformer.ln_f.bias'"):
     hf.params_from_hf(tensors, cfg)
+
+
+# ---- trainer export and --config.init_from=hf:PATH ---------------------------------------------
+
+def _run_cli(capsys, *argv):
+  code = cli.main(list(argv))
+  return code, capsys.readouterr()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant', ['gpt2', 'opt', 'opt350m'])
+def test_export_loads_in_transformers(variant, tmp_path, capsys):
+  workdir, out = tmp_path / 'run', tmp_path / 'hf'
+  loop.run(tiny_config(variant, **{'train.steps': 2}), str(workdir))
+  code, printed = _run_cli(capsys, 'export', f'--workdir={workdir}', f'--out={out}')
+  assert code == 0, printed.err
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+  model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  cfg, step, state = checkpoint.latest(str(workdir))
+  assert step == 2 and model.config.model_type == cfg.model.family
+  tokens = np.random.RandomState(0).randint(0, 257, (2, 48))
+  with torch.no_grad():
+    want = model(torch.tensor(tokens)).logits.numpy()
+  ours = Decoder(ModelConfig.from_config(cfg.model))
+  got = np.asarray(ours.apply({'params': jax.device_get(state.params)}, jnp.asarray(tokens)))
+  diff = np.abs(got[..., :257] - want).max()
+  assert diff < 1e-4 and diff < 1e-3 * np.abs(want).max()  # OPT's 0.006 init keeps logits small.
+  # Nothing is overwritten: a second export to the same directory is refused.
+  code, printed = _run_cli(capsys, 'export', f'--workdir={workdir}', f'--out={out}')
+  assert code == 2 and f'{out} already holds config.json' in printed.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,variant', [('gpt2', 'gpt2'), ('opt-350m-shaped', 'opt350m')])
+def test_init_from_hugging_face(name, variant, tmp_path):
+  model = hf_model(TINY_HF[name])
+  model.save_pretrained(tmp_path / 'hf', safe_serialization=True)
+  cfg = tiny_config(variant, **{'train.steps': 1, 'model.vocab_size': 1000,
+                                'init_from': f'hf:{tmp_path}/hf'})
+  first = next(iter(data.load(cfg).train.to_iter_dataset()))
+  with torch.no_grad():
+    logits = model(torch.tensor(first[:, :-1])).logits
+    targets = torch.tensor(first[:, 1:].astype(np.int64)).reshape(-1)
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 1000), targets).item()
+  got = loop.run(cfg, str(tmp_path / 'run'))['records'][0]['loss']
+  fresh = loop.run(tiny_config(variant, **{'train.steps': 1, 'model.vocab_size': 1000}),
+                   str(tmp_path / 'fresh'))['records'][0]['loss']
+  assert abs(fresh - want) > 0.01  # Random init gives another loss: the import mattered.
+  assert abs(got - want) / want < 1e-5
+
+
+def _saved_tiny_gpt2(path):
+  model = hf_model(TINY_HF['gpt2'])
+  model.save_pretrained(path, safe_serialization=True)
+  return safetensors.numpy.load_file(str(path / 'model.safetensors'))
+
+
+def test_bad_hugging_face_directories(tmp_path, capsys):
+  hf_dir = tmp_path / 'hf'
+  tensors = _saved_tiny_gpt2(hf_dir)
+  capsys.readouterr()  # Drop transformers' progress bar.
+  train = ['train', '--config=configs/tiny.py', f'--workdir={tmp_path}/run',
+           f'--config.init_from=hf:{hf_dir}', '--config.train.steps=1']
+
+  def fails(*extra):
+    code, printed = _run_cli(capsys, *train, *extra)
+    assert code == 2 and printed.err.count('\n') == 1
+    return printed.err
+  assert f'{hf_dir}/config.json: model.vocab_size is 1000 there but 257 here; set ' \
+         '--config.model.vocab_size=1000' in fails()
+  tensors['transformer.h.1.mlp.c_fc.weight'] = tensors['transformer.h.1.mlp.c_fc.weight'][:, :7]
+  del tensors['transformer.ln_f.bias']
+  safetensors.numpy.save_file(tensors, str(hf_dir / 'model.safetensors'))
+  assert "missing tensor 'transformer.ln_f.bias'" in fails('--config.model.vocab_size=1000')
+  tensors['transformer.ln_f.bias'] = np.zeros(64, np.float32)
+  safetensors.numpy.save_file(tensors, str(hf_dir / 'model.safetensors'))
+  assert "tensor 'transformer.h.1.mlp.c_fc.weight' has shape (64, 7)" in fails(
+      '--config.model.vocab_size=1000')
+  os.remove(hf_dir / 'model.safetensors')
+  (hf_dir / 'pytorch_model.bin').write_bytes(b'pickle')
+  assert f'{hf_dir}: no model.safetensors' in fails('--config.model.vocab_size=1000')
+  assert not os.path.exists(tmp_path / 'run/checkpoints/1')

@@ -138,3 +138,30 @@ def test_slurm_dry_run_prints_the_batch_script(per, tasks, comment):
 def test_slurm_needs_a_shared_absolute_workdir():
   out = dry_run('slurm.py', '--nodes=2', '--dry-run', '--', '--workdir=runs/x')
   assert out.returncode == 2 and 'absolute --workdir=/shared/PATH' in out.stderr
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_two_processes_and_one(tmp_path):
+  """2 x 4 devices -> 1 x 8 and 1 x 8 -> 2 x 4 resume to the losses of one straight run."""
+  # A schedule that does not depend on train.steps, which grows from 3 to 6 on resume.
+  common = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=2']
+
+  def train(processes, devices, workdir, steps):
+    run = local(processes, devices, *common, f'--config.train.steps={steps}', f'--workdir={workdir}',
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    return out
+
+  train(2, 4, tmp_path / 'a', 3)
+  assert 'resuming from step 3' in train(1, 8, tmp_path / 'a', 6)
+  train(1, 8, tmp_path / 'b', 3)
+  assert 'resuming from step 3' in train(2, 4, tmp_path / 'b', 6)
+  train(1, 8, tmp_path / 'straight', 6)
+  straight = losses(tmp_path / 'straight')
+  assert [r[0] for r in straight] == [1, 2, 3, 4, 5, 6] and straight[0][1] - straight[-1][1] > 0.2
+  for moved in (losses(tmp_path / 'a'), losses(tmp_path / 'b')):
+    assert [r[0] for r in moved] == [1, 2, 3, 4, 5, 6]
+    for (_, la, ea), (_, lb, eb) in zip(moved, straight):
+      assert la == pytest.approx(lb, rel=1e-5)
+    assert moved[-1][2] == pytest.approx(straight[-1][2], rel=1e-5)

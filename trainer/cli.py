@@ -51,7 +51,23 @@ def cmd_train(args, overrides) -> int:
   cfg = config_lib.load(args.config, overrides)  # Bad keys stop here, before joining a cluster.
   distributed.initialize(distributed.from_args(args))
   config_lib.validate(cfg, jax.device_count())
-  loop.run(cfg, args.workdir)
+  try:
+    loop.run(cfg, args.workdir)
+  except loop.TrainingStopped as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def cmd_export(args, overrides) -> int:
+  """Writes the newest checkpoint's weights as a Hugging Face directory."""
+  from trainer import checkpoint, hf, model
+  if overrides:
+    raise config_lib.ConfigError('export takes no --config overrides (the checkpoint has one)')
+  cfg, step, state = checkpoint.latest(args.workdir)
+  hf.save_dir(args.out, state.params, model.ModelConfig.from_config(cfg.model))
+  # Files that describe the export (model and data cards) are written here, beside the weights.
+  print(f'exported step {step} of {args.workdir} to {args.out}')
   return 0
 
 
@@ -115,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument('--workdir', default='runs/default', help='metrics and checkpoints go here')
   distributed.add_flags(train)
   train.set_defaults(run=cmd_train)
+  export = verbs.add_parser('export', help='newest checkpoint to a Hugging Face directory')
+  export.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
+  export.add_argument('--out', required=True, help='new directory for config.json and weights')
+  export.set_defaults(run=cmd_export)
   info_p = verbs.add_parser('info', help='parameters, FLOPs and sharding, without allocating')
   info_p.add_argument('--config', default='')
   info_p.add_argument('--json', action='store_true', help='print one JSON object')

@@ -85,6 +85,11 @@ def default_config() -> ml_collections.ConfigDict:
   d.tokenizer = ''           # 'byte' or 'gpt2'; '' takes the dataset's (embedded corpus: byte).
   d.max_bytes = 8_000_000    # Embedded corpus: bytes of standard-library source to read.
   d.val_every_nth_file = 50  # Embedded corpus: every n-th file goes to the validation split.
+
+  c.checkpoint = ck = ml_collections.ConfigDict()
+  ck.every = 1000            # Steps between async saves to WORKDIR/checkpoints (0: at the end).
+  ck.keep = 3                # Most recent checkpoints kept (0: all).
+  ck.keep_every = 0          # Also keep every step divisible by this, permanently (0: none).
   c.lock()
   return c
 
@@ -108,6 +113,23 @@ def load(spec: str | None, overrides: dict[str, str] | None = None):
       raise ConfigError(f'--config: {spec}: {e}') from None
   for key, value in (overrides or {}).items():
     set_value(cfg, key, value)
+  return cfg
+
+
+def from_dict(values: dict, source: str):
+  """A config from a nested dict (a saved ``cfg.to_dict()``); unknown keys are errors."""
+  cfg = default_config()
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f'{prefix}{k}.')
+      else:
+        try:
+          set_value(cfg, prefix + k, v)
+        except ConfigError as e:
+          raise ConfigError(f'{source}: {e}') from None
+  walk(values, '')
   return cfg
 
 
@@ -184,6 +206,11 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
     _require(m[key] > 0, f'--config.model.{key}={m[key]}: must be positive')
   for key in ('steps', 'batch_size', 'seq_len', 'micro_batches', 'log_every'):
     _require(t[key] > 0, f'--config.train.{key}={t[key]}: must be positive')
+  for key in ('every', 'keep', 'keep_every'):
+    _require(cfg.checkpoint[key] >= 0, f'--config.checkpoint.{key}={cfg.checkpoint[key]}: '
+             'must be 0 or positive')
+  _require(not cfg.init_from or cfg.init_from.startswith('hf:'),
+           f'--config.init_from={cfg.init_from!r}: expected hf:PATH (a Hugging Face directory)')
   _require(m.embed_dim % m.num_heads == 0,
            f'--config.model.embed_dim={m.embed_dim} is not divisible by '
            f'--config.model.num_heads={m.num_heads}; change one of them')

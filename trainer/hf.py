@@ -6,12 +6,16 @@ or unpickles anything (safetensors only).
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
+from trainer.config import ConfigError
 from trainer.model import ModelConfig
 
 
-class ConversionError(ValueError):
+class ConversionError(ConfigError):
   """Missing or misshaped tensors, or an architecture the other side cannot express."""
 
 
@@ -70,7 +74,9 @@ def hf_config(cfg: ModelConfig) -> dict:
                 n_head=cfg.num_heads, n_inner=cfg.mlp_dim, activation_function='gelu_new',
                 resid_pdrop=cfg.dropout, embd_pdrop=cfg.embed_dropout, attn_pdrop=cfg.attn_dropout,
                 layer_norm_epsilon=cfg.ln_eps, initializer_range=cfg.init_std,
-                tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256)
+                tie_word_embeddings=True,
+                # End-of-text is the last id (50256 in GPT-2's vocabulary, 256 for bytes).
+                bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1)
   if cfg.pos_offset != 2 or cfg.activation != 'relu' or (not cfg.pre_ln and cfg.final_ln):
     raise ConversionError('this model is not an OPT architecture (positions offset 2, ReLU, '
                           'no final layer norm when post-LN)')
@@ -246,3 +252,67 @@ def _take_layers(params: dict, cfg: ModelConfig) -> list[dict]:
 def _to_numpy(params):
   import jax
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+
+
+# ---- directories -------------------------------------------------------------------------------
+
+def load_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """(config.json, tensors) of a local Hugging Face directory; safetensors only, never pickle."""
+  from safetensors.numpy import load_file
+  config_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(config_path):
+    raise ConversionError(f'{path}: no config.json; give a Hugging Face model directory')
+  with open(config_path) as f:
+    config = json.load(f)
+  single = os.path.join(path, 'model.safetensors')
+  index = os.path.join(path, 'model.safetensors.index.json')
+  if os.path.isfile(single):
+    files = [single]
+  elif os.path.isfile(index):
+    with open(index) as f:
+      files = sorted({os.path.join(path, n) for n in json.load(f)['weight_map'].values()})
+  else:
+    raise ConversionError(f'{path}: no model.safetensors (or index); pickled .bin weights are not '
+                          'read, re-save them with save_pretrained(safe_serialization=True)')
+  tensors = {}
+  for name in files:
+    try:
+      tensors.update(load_file(name))
+    except Exception as e:  # safetensors raises its own error types for torn files.
+      raise ConversionError(f'{name}: unreadable safetensors ({type(e).__name__}: {e})') from None
+  return config, tensors
+
+
+def load_params(spec: str, setup):
+  """Params from ``hf:PATH`` for ``setup``, placed with its shardings; the model must match."""
+  import jax
+  from trainer import checkpoint
+  path = spec.removeprefix('hf:')
+  config, tensors = load_dir(path)
+  theirs = model_overrides(config)
+  theirs['scan_layers'] = setup.cfg.model.scan_layers  # A layout choice, not architecture.
+  theirs['vocab_pad_multiple'] = setup.cfg.model.vocab_pad_multiple
+  mismatch = checkpoint.architecture_mismatch(theirs, setup.cfg.model)
+  if mismatch:
+    key, was, now = mismatch
+    raise ConversionError(f'{path}/config.json: model.{key} is {was!r} there but {now!r} here; '
+                          f'set --config.model.{key}={was} (or use a preset of that model)')
+  params = params_from_hf(tensors, setup.model_cfg, source=path)
+  return jax.device_put(params, setup.state_shardings.params)
+
+
+def save_dir(path: str, params, cfg: ModelConfig):
+  """Writes config.json and model.safetensors that transformers' from_pretrained loads."""
+  from safetensors.numpy import save_file
+  config = hf_config(cfg)
+  tensors = params_to_hf(params, cfg)
+  for name in ('config.json', 'model.safetensors'):
+    if os.path.exists(os.path.join(path, name)):
+      raise ConversionError(f'{path} already holds {name}; export to a new directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConversionError(f'{path}: cannot create the directory ({e.strerror})') from None
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump({**config, 'torch_dtype': 'float32'}, f, indent=2)
+  save_file(tensors, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})

@@ -1,13 +1,13 @@
 """The training loop: data in, steps dispatched, metrics out. The step itself is in train.py."""
 from __future__ import annotations
 
-import os
+import math
 import time
 
 import jax
 import numpy as np
 
-from trainer import data, generate, metrics, model, train
+from trainer import checkpoint, data, generate, hf, metrics, model, train
 
 
 def _say(*args):
@@ -46,26 +46,65 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
   return float(np.mean(jax.device_get(losses)))
 
 
+class TrainingStopped(RuntimeError):
+  """The loss went non-finite; the CLI prints this and exits 1."""
+
+
+def _start(cfg, setup, ckpts, batches):
+  """(state, step) to continue from: the latest checkpoint, a Hugging Face import, or init."""
+  step = ckpts.latest_step()
+  if step is not None:
+    state = ckpts.restore(step, setup.abstract_state(), batches)
+    _say(f'resuming from step {step}: {ckpts.path(step)}')
+    return state, step
+  state = setup.init_state(cfg.seed)
+  if cfg.init_from:
+    state = state.replace(params=hf.load_params(cfg.init_from, setup))
+    _say(f'initialised from {cfg.init_from}')
+  return state, 0
+
+
+def _check_finite(step: int, loss, ckpts):
+  value = float(jax.device_get(loss))
+  if not math.isfinite(value):
+    good = 'none' if ckpts.last_saved is None else ckpts.path(ckpts.last_saved)
+    raise TrainingStopped(f'loss is {value} at step {step}; stopped without saving it '
+                          f'(last good checkpoint: {good}); lower optim.lr or check the data')
+
+
 def run(cfg, workdir: str) -> dict:
-  """Trains as configured; returns a summary (final losses and the generated sample)."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains as configured, resuming from WORKDIR; returns a summary (losses, sample)."""
+  checkpoint.ensure_writable(workdir)
+  ckpts = checkpoint.Checkpoints(workdir, cfg)
+  try:
+    with checkpoint.Preemption().installed() as preemption:
+      return _run(cfg, workdir, ckpts, preemption)
+  finally:
+    ckpts.wait()  # Exit only once every started save has committed.
+    ckpts.close()
+
+
+def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   setup = train.build(cfg)
   streams = data.load(cfg)
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
-  state = setup.init_state(cfg.seed)
-  start_step = 0
   batches = iter(streams.train.to_iter_dataset())
+  state, start_step = _start(cfg, setup, ckpts, batches)
+  metrics.keep_until(workdir, start_step)
   compile_start = time.perf_counter()
   step_fn = setup.compile_train_step()
   eval_fn = setup.jit_eval_step()
   _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s')
   logger = _Logger(setup, workdir, start_step)
 
-  pending = None
+  pending = unchecked = None
   for step in range(start_step + 1, t.steps + 1):
     state, step_metrics = step_fn(state, data.to_global(next(batches), setup.batch_sharding))
+    if unchecked:  # The previous step's loss, read while this step runs.
+      _check_finite(*unchecked, ckpts)
+    unchecked = (step, step_metrics['loss'])
     if pending:
       logger.emit(*pending)
     extra = {}
@@ -76,11 +115,19 @@ def run(cfg, workdir: str) -> dict:
       logger.paused += time.perf_counter() - pause
     due = step % t.log_every == 0 or step == t.steps or bool(extra)
     pending = (step, step_metrics, extra) if due else None
+    stop = preemption.stop_now(step)
+    if ckpts.due(step) or stop or step == t.steps:
+      _check_finite(*unchecked, ckpts)  # Never save a state that a non-finite step produced.
+      unchecked = None
+      ckpts.save(step, state, batches)
+    if stop:
+      _say(f'preempted (SIGTERM): saved step {step} to {ckpts.path(step)}; exiting')
+      break
   if pending:
     logger.emit(*pending)
 
   summary = {'records': logger.records}
-  if t.sample_tokens:
+  if t.sample_tokens and not preemption.requested:
     prompt = streams.tokenizer.encode('def ')
     ids = generate.sample(setup, state.params, prompt.tolist(), t.sample_tokens, seed=cfg.seed)
     summary['sample'] = streams.tokenizer.decode(ids)

@@ -53,3 +53,24 @@ def format_line(r: dict) -> str:
             f"{r['tokens_per_sec']:,.0f} tok/s", f"{r['step_time_s']:.3f} s/step",
             f"MFU {100 * r['mfu']:.1f}%"]
   return ' | '.join(parts)
+
+
+def keep_until(workdir: str, step: int):
+  """Drops lines after ``step`` (and a torn last line): a resumed run never repeats a step."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # A line cut short by a kill.
+    if record.get('step', 0) <= step:
+      kept.append(line if line.endswith('\n') else line + '\n')
+  if kept != lines:
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
