@@ -216,8 +216,9 @@ def format_report(r: dict) -> str:
       f"per device: arguments {gib(r['argument_bytes_per_device'])} | temporaries "
       f"{gib(r['temp_bytes_per_device'])} | peak {gib(r['peak_bytes_per_device'])} of "
       f"{gib(hbm)} ({100 * r['peak_bytes_per_device'] / hbm:.0f}%)",
-      f"FLOPs/step: {r['flops_per_step']:.3e} (model, all devices; XLA counts "
-      f"{r['xla_flops_per_step']:.3e}, each loop body once)",
+      f"FLOPs/step: {r['flops_per_step']:.3e} (model, all devices" +
+      (f"; XLA counts {r['xla_flops_per_step']:.3e}, each loop body once)"
+       if r['xla_flops_per_step'] else ')'),
       f"verdict:    {'FITS' if r['fits'] else 'DOES NOT FIT'}",
   ]
   if not r['fits']:
