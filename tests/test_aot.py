@@ -72,7 +72,7 @@ def test_too_big_does_not_fit_and_says_what_to_change(capsys):
   # 6.4B parameters, each with two Adam moments, all float32, split 4 ways by fsdp.
   params = 128 * (12 * 2048**2 + 13 * 2048) + 384 * 2048 + 64 * 2048 + 2 * 2048
   assert r['argument_bytes_per_device'] == pytest.approx(params * 12 / 4, rel=0.01)
-  assert r['suggestions'][0].startswith('more FSDP: move the data axis into fsdp '
+  assert r['suggestions'][0].startswith('more FSDP: move data-parallel devices into fsdp '
                                         '(--config.mesh.data=1 --config.mesh.fsdp=8)')
   assert r['largest_arguments'][0][1] > 2**30 and r['temp_bytes_per_device'] > 8 * 2**30
   assert r['compiler_error'].startswith('RESOURCE_EXHAUSTED: Ran out of memory')
@@ -99,3 +99,14 @@ def test_missing_libtpu_exits_2_with_the_install_command(monkeypatch, capsys):
   assert capsys.readouterr().err == (
       'error: trainer compile needs libtpu to compile for TPUs; install it with '
       'pip install "libtpu==0.0.42.*" (the version jax[tpu]==0.10.2 pins)\n')
+
+
+def test_more_fsdp_suggestion_respects_the_hidden_width():
+  # gpt2-xl is 1,600 wide: on 256 devices fsdp can grow to 64, not 256.
+  from trainer import config
+  cfg = config.load('configs/gpt2.py:gpt2-xl,paper', {'mesh.data': '8', 'mesh.fsdp': '32'})
+  report = {'hbm_bytes_per_device': 16 * 2**30, 'argument_bytes_per_device': 10 * 2**30,
+            'temp_bytes_per_device': 0, 'mesh': {'data': 8, 'fsdp': 32, 'tensor': 1}}
+  assert aot._suggestions(cfg, report) == [
+      'more FSDP: move data-parallel devices into fsdp (--config.mesh.data=4 --config.mesh.fsdp=64); '
+      'parameters and optimizer state shrink by 2x']

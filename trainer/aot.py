@@ -124,10 +124,13 @@ def _suggestions(cfg, r: dict) -> list[str]:
   out = []
   hbm, args, temp = r['hbm_bytes_per_device'], r['argument_bytes_per_device'], r['temp_bytes_per_device']
   mesh = r['mesh']
-  if args > 0.4 * hbm and cfg.mesh.rules != 'dp' and mesh['data'] > 1:
-    out.append(f'more FSDP: move the data axis into fsdp (--config.mesh.data=1 '
-               f'--config.mesh.fsdp={mesh["data"] * mesh["fsdp"]}); parameters and optimizer state '
-               f'shrink by {mesh["data"]}x')
+  shards, widths = mesh['data'] * mesh['fsdp'], (cfg.model.embed_dim, cfg.model.proj_dim or cfg.model.embed_dim)
+  fsdp = max(f for f in range(1, shards + 1)   # fsdp must divide the hidden width.
+             if shards % f == 0 and all(w % f == 0 for w in widths))
+  if args > 0.4 * hbm and cfg.mesh.rules != 'dp' and fsdp > mesh['fsdp']:
+    out.append(f'more FSDP: move data-parallel devices into fsdp (--config.mesh.data='
+               f'{shards // fsdp} --config.mesh.fsdp={fsdp}); parameters and optimizer state '
+               f'shrink by {fsdp // mesh["fsdp"]}x')
   if args > 0.4 * hbm and cfg.mesh.rules == 'dp':
     out.append('shard the parameters: --config.mesh.rules=fsdp (dp replicates them)')
   if temp > 0.3 * hbm and cfg.model.remat != 'full':
