@@ -97,7 +97,7 @@ def main():
         'restore GB/s |')
   print('|---|---|---|---|---|---|---|')
   print(f"| {r['state_gb']:.2f} GB | {r['disk_gb']:.2f} GB | {r['blocked_s']:.2f} s "
-        f"({100 * r["blocked_s"] / r["write_s"]:.1f}% of the write) | {r['write_s']:.2f} s | "
+        f"({100 * r['blocked_s'] / r['write_s']:.1f}% of the write) | {r['write_s']:.2f} s | "
         f"{r['save_gbps']:.2f} | {r['restore_s']:.2f} s | {r['restore_gbps']:.2f} |")
 
 

@@ -41,6 +41,7 @@ def get_config(arg: str = 'gpt2'):
   m.activation, m.pre_ln, m.final_ln, m.tie_embeddings, m.use_bias = 'gelu_tanh', True, True, True, True
   m.dropout, m.embed_dropout, m.attn_dropout = 0.1, 0.1, 0.1
   m.init_std, m.scale_residual_init = 0.02, True
+  m.remat = 'dots'  # Keep weight-matmul outputs, recompute attention: fits 1024+ tokens.
   t = c.train
   t.seq_len, t.batch_size, t.micro_batches = 1024, 8, 1
   t.log_every, t.eval_every, t.sample_tokens = 1, 1000, 0

@@ -49,6 +49,7 @@ def get_config(arg: str = 'opt-125m'):
   m.proj_dim = 512 if name == 'opt-350m' else 0
   m.dropout, m.embed_dropout, m.attn_dropout = 0.1, 0.0, 0.0
   m.init_std, m.scale_residual_init = 0.006, True
+  m.remat = 'dots'  # Keep weight-matmul outputs, recompute attention: fits 1024+ tokens.
   paper_batch = int(round(batch_tokens / SEQ_LEN / 256)) * 256   # 0.5M tokens = 256 sequences.
   t = c.train
   t.seq_len, t.batch_size, t.micro_batches = SEQ_LEN, 8, 1

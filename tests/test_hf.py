@@ -165,3 +165,13 @@ def test_bad_hugging_face_directories(tmp_path, capsys):
   (hf_dir / 'pytorch_model.bin').write_bytes(b'pickle')
   assert f'{hf_dir}: no model.safetensors' in fails('--config.model.vocab_size=1000')
   assert not os.path.exists(tmp_path / 'run/checkpoints/1')
+
+
+def test_export_needs_a_checkpoint(tmp_path, capsys):
+  code, printed = _run_cli(capsys, 'export', f'--workdir={tmp_path}', f'--out={tmp_path}/hf')
+  assert code == 2 and printed.err.count('\n') == 1
+  assert f'{tmp_path}/checkpoints: no such directory' in printed.err
+  (tmp_path / 'checkpoints').mkdir()
+  code, printed = _run_cli(capsys, 'export', f'--workdir={tmp_path}', f'--out={tmp_path}/hf')
+  assert code == 2 and f'{tmp_path}/checkpoints: holds no complete checkpoint' in printed.err
+  assert not os.path.exists(tmp_path / 'hf')

@@ -1,4 +1,6 @@
 """Parameter counts equal Hugging Face's for every preset; initialisation follows the papers."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,3 +85,26 @@ def test_padded_vocab_never_predicted():
   assert logits.shape[-1] == 384
   assert np.all(np.asarray(logits[..., 300:]) < -1e29)
   assert np.all(np.asarray(jax.nn.softmax(logits)[..., 300:]) == 0)
+
+
+def test_scan_and_remat_do_not_change_the_math():
+  cfg = ModelConfig(vocab_size=300, embed_dim=32, num_heads=4, mlp_dim=64, num_layers=3)
+  params = Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))['params']
+  params = nn.unbox(params)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, 300)
+
+  def loss(p, c):
+    logits = Decoder(c).apply({'params': p}, tokens[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+  ref_loss, ref_grads = jax.value_and_grad(loss)(params, cfg)
+  for remat in ('dots', 'full'):
+    c = dataclasses.replace(cfg, remat=remat)
+    l, g = jax.value_and_grad(loss)(params, c)
+    assert float(l) == pytest.approx(float(ref_loss), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(g)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  unrolled = {k: v for k, v in params.items() if k != 'h'}
+  unrolled.update({f'h_{i}': jax.tree.map(lambda x, i=i: x[i], params['h']) for i in range(3)})
+  flat = dataclasses.replace(cfg, scan_layers=False)
+  assert float(loss(unrolled, flat)) == pytest.approx(float(ref_loss), rel=1e-6)

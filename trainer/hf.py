@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from trainer.config import ConfigError
-from trainer.model import ModelConfig
+from trainer.model import Decoder, ModelConfig
 
 
 class ConversionError(ConfigError):
@@ -218,10 +221,6 @@ def params_to_hf(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 def params_shapes(cfg: ModelConfig) -> dict[str, tuple]:
   """Shapes of one layer's and the top-level parameters, keyed by our path."""
-  import jax
-  import jax.numpy as jnp
-  from flax import linen as nn
-  from trainer.model import Decoder
   flat_cfg = ModelConfig(**{**cfg.__dict__, 'scan_layers': False, 'num_layers': 1})
   boxed = jax.eval_shape(lambda k: Decoder(flat_cfg).init(k, jnp.zeros((1, 2), jnp.int32)),
                          jax.random.PRNGKey(0))['params']
@@ -235,7 +234,6 @@ def params_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 
 def _put_layers(params: dict, layers: list[dict], cfg: ModelConfig):
-  import jax
   if cfg.scan_layers:
     params['h'] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
   else:
@@ -243,14 +241,12 @@ def _put_layers(params: dict, layers: list[dict], cfg: ModelConfig):
 
 
 def _take_layers(params: dict, cfg: ModelConfig) -> list[dict]:
-  import jax
   if cfg.scan_layers:
     return [jax.tree.map(lambda x, i=i: x[i], params['h']) for i in range(cfg.num_layers)]
   return [params[f'h_{i}'] for i in range(cfg.num_layers)]
 
 
 def _to_numpy(params):
-  import jax
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
 
 
@@ -285,7 +281,6 @@ def load_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def load_params(spec: str, setup):
   """Params from ``hf:PATH`` for ``setup``, placed with its shardings; the model must match."""
-  import jax
   from trainer import checkpoint
   path = spec.removeprefix('hf:')
   config, tensors = load_dir(path)

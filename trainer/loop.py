@@ -65,6 +65,8 @@ def _start(cfg, setup, ckpts, batches):
 
 
 def _check_finite(step: int, loss, ckpts):
+  if ckpts.cfg.train.skip_nonfinite:
+    return  # The step itself left the weights alone; metrics.jsonl shows `skipped`.
   value = float(jax.device_get(loss))
   if not math.isfinite(value):
     good = 'none' if ckpts.last_saved is None else ckpts.path(ckpts.last_saved)
@@ -85,8 +87,8 @@ def run(cfg, workdir: str) -> dict:
 
 
 def _run(cfg, workdir: str, ckpts, preemption) -> dict:
+  streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
   setup = train.build(cfg)
-  streams = data.load(cfg)
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')

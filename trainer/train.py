@@ -50,14 +50,20 @@ def _grads(params, tokens_BL1, rng, model, micro_batches: int):
   return jax.tree.map(lambda x: x / micro_batches, (loss, grads))
 
 
-def train_step(state: TrainState, tokens_BL1, *, model, tx, lr_schedule, micro_batches: int):
+def train_step(state: TrainState, tokens_BL1, *, model, tx, lr_schedule, micro_batches: int,
+               skip_nonfinite: bool = False):
   """One optimizer step on a global batch; returns the new state and scalar metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
   loss, grads = _grads(state.params, tokens_BL1, rng, model, micro_batches)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), 'lr': lr_schedule(state.step)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if skip_nonfinite:  # A bad batch moves the step (and the data) on but leaves the weights.
+    ok = jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm'])
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state.replace(step=new.step))
+    metrics['skipped'] = (~ok).astype(jnp.float32)
+  return new, metrics
 
 
 def eval_step(params, tokens_BL1, *, model):
@@ -113,7 +119,8 @@ class Setup:
     step = jax.jit(
         lambda state, tokens: train_step(state, tokens, model=self.model, tx=self.tx,
                                          lr_schedule=self.lr_schedule,
-                                         micro_batches=self.cfg.train.micro_batches),
+                                         micro_batches=self.cfg.train.micro_batches,
+                                         skip_nonfinite=self.cfg.train.skip_nonfinite),
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
         donate_argnums=(0,))

@@ -1,0 +1,84 @@
+"""Duplicate removal: exact (content hash) and near (MinHash LSH over word 5-gram shingles).
+
+Near duplicates follow OpenWebText: two documents are duplicates when the Jaccard
+similarity of their sets of word n-gram shingles exceeds a threshold (0.5). datasketch's
+MinHash LSH proposes candidates; each candidate is then checked with the exact Jaccard
+of the two shingle sets, so the threshold is exact and LSH only decides what to compare.
+"""
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+# Seen by every run: MinHash permutations come from this seed, so results are reproducible.
+_SEED = 1
+_POLY = 1_000_003  # Multiplier of the n-gram hash polynomial (an odd prime).
+
+
+def digest(text: str) -> bytes:
+  """A 16-byte content hash (exact duplicates, split assignment)."""
+  return hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=16).digest()
+
+
+def shingle_hashes(text: str, n: int) -> np.ndarray:
+  """Sorted unique 32-bit hashes of the word n-grams of ``text`` (one shingle if shorter).
+
+  Each word is hashed once (crc32) and an n-gram's hash is a polynomial in its words'
+  hashes, computed with numpy rather than by joining strings.
+  """
+  words = text.split()
+  w = np.fromiter((zlib.crc32(x.encode('utf-8', 'surrogatepass')) for x in words),
+                  np.uint64, len(words))
+  count = max(len(w) - n + 1, 1)
+  h = np.zeros(count, np.uint64)
+  for k in range(min(n, len(w))):
+    h = (h * np.uint64(_POLY) + w[k:k + count]) & np.uint64(0xFFFFFFFF)
+  return np.unique(h.astype(np.uint32))
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+  """Exact Jaccard similarity of two sorted unique hash arrays."""
+  inter = len(np.intersect1d(a, b, assume_unique=True))
+  return inter / (len(a) + len(b) - inter)
+
+
+def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
+  """(bands, rows): the most rows per band that still propose a pair at ``threshold``
+  with probability >= recall (fewest needless candidates; exact checking removes the rest)."""
+  best = (num_perm, 1)
+  for rows in range(1, num_perm // 2 + 1):  # datasketch needs at least two bands.
+    bands = num_perm // rows
+    if 1 - (1 - threshold ** rows) ** bands >= recall:
+      best = (bands, rows)
+  return best
+
+
+class NearDuplicates:
+  """An index of kept documents; ``seen(text)`` says whether a near duplicate is already in."""
+
+  def __init__(self, threshold: float = 0.5, ngram: int = 5, num_perm: int = 128):
+    self.threshold, self.ngram, self.num_perm = threshold, ngram, num_perm
+    self.lsh = MinHashLSH(num_perm=num_perm, params=lsh_bands(threshold, num_perm))
+    self.shingles: list[np.ndarray] = []  # Of kept documents, indexed by LSH key.
+    self.permutations = MinHash(num_perm=num_perm, seed=_SEED).permutations
+
+  def _sketch(self, shingles: np.ndarray) -> MinHash:
+    """The MinHash of already-hashed shingles (permutations drawn once, not per document)."""
+    sketch = MinHash(num_perm=self.num_perm, seed=_SEED, hashfunc=int, scheme='affine32',
+                     permutations=self.permutations)
+    sketch.update_batch(shingles.tolist())
+    return sketch
+
+  def seen(self, text: str) -> bool:
+    """True if ``text`` is a near duplicate of an indexed document; else indexes it."""
+    shingles = shingle_hashes(text, self.ngram)
+    sketch = self._sketch(shingles)
+    for key in self.lsh.query(sketch):
+      if jaccard(shingles, self.shingles[key]) > self.threshold:
+        return True
+    self.lsh.insert(len(self.shingles), sketch, check_duplication=False)
+    self.shingles.append(shingles)
+    return False
