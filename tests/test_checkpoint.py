@@ -250,3 +250,16 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
   out = finish(train_cmd(tmp_path, '--config.train.steps=' + str(stopped + 2)))
   assert f'resuming from step {stopped}' in out.stdout
   assert metrics_steps(tmp_path) == list(range(1, stopped + 3))
+
+
+def test_data_position_moves_to_another_process_count_only_if_processes_agree(tmp_path):
+  # Saved by two processes; read back by this one (the real runs are in test_launch.py).
+  folder = tmp_path / '7' / 'data'
+  folder.mkdir(parents=True)
+  fake = type('Fake', (), {'path': lambda self, step: str(tmp_path / str(step))})()
+  for i in range(2):
+    (folder / f'process_{i}-of-2.json').write_text('{"next_index": 7}')
+  assert checkpoint.Checkpoints._shared_data_state(fake, 7) == {'next_index': 7}
+  (folder / 'process_1-of-2.json').write_text('{"next_index": 6}')
+  with pytest.raises(checkpoint.CheckpointError, match='resume with the process count it was saved with'):
+    checkpoint.Checkpoints._shared_data_state(fake, 7)

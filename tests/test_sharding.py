@@ -80,3 +80,23 @@ def test_partition_specs_match_snapshot():
 def write():
   with open(SNAPSHOT, 'w') as f:
     json.dump(current_snapshot(), f, indent=1, sort_keys=True)
+
+
+def test_multi_slice_data_axis_spans_slices_and_the_rest_stays_inside():
+  # CPU devices have no slice_index, so the slices come from libtpu's compile-only devices:
+  # two v5e-4 slices, 8 chips.
+  from trainer import aot
+  devices = aot.topology_devices(aot.parse('v5e-4'), slices=2)
+  mesh = sharding.make_mesh((4, 2, 1), devices, slices=2)
+  slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+  assert slice_of.shape == (4, 2, 1)
+  assert (slice_of[:2] == 0).all() and (slice_of[2:] == 1).all()   # data 0-1: slice 0; 2-3: slice 1.
+  r = aot.fit_report(tiny_config(**{'mesh.slices': 2, 'mesh.data': 2, 'mesh.fsdp': 4}), 'v5e-4')
+  assert (r['devices'], r['slices'], r['fits']) == (8, 2, True)
+
+
+def test_multi_slice_needs_slice_devices():
+  with pytest.raises(config.ConfigError, match='no slice_index; multi-slice needs 2 TPU slices'):
+    sharding.make_mesh((2, 4, 1), jax.devices(), slices=2)
+  with pytest.raises(config.ConfigError, match='must be a positive multiple of the slice count'):
+    config.validate(tiny_config(**{'mesh.slices': 2}), 8)

@@ -10,6 +10,7 @@ save cut short by kill -9 is never mistaken for a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -33,7 +34,8 @@ class CheckpointError(config_lib.ConfigError):
 
 def ensure_writable(workdir: str):
   """Creates the workdir and proves a file can be written there, before anything compiles."""
-  probe = os.path.join(workdir, '.write-test')
+  # One probe per process: processes sharing a workdir must not remove each other's.
+  probe = os.path.join(workdir, f'.write-test-{jax.process_index()}')
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:
@@ -97,14 +99,40 @@ class Checkpoints:
                             f'there, {now!r} now); use another --workdir or set '
                             f'--config.model.{key}={was}')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:  # Repositioned in place.
+    moved = data_iter is not None and not os.path.exists(self._data_file(step))
+    if data_iter is not None and not moved:  # Repositioned in place.
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+      state = self.manager.restore(step, args=ocp.args.Composite(**items))['state']
     except Exception as e:  # Orbax raises many types for corrupt or misshaped files.
       raise CheckpointError(f'{self.path(step)}: cannot restore ({_first_line(e)}); use the '
                             'settings it was saved with (see its config/), or move this step '
                             'directory away to resume from an earlier one') from None
+    if moved:
+      data_iter.set_state(self._shared_data_state(step))
+    return state
+
+  def _data_file(self, step: int) -> str:
+    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    return os.path.join(self.path(step), 'data', name)
+
+  def _shared_data_state(self, step: int) -> dict:
+    """The data position saved by another number of processes, if they all agree.
+
+    Every process slices the same shuffled order and has taken the same number of
+    batches, so one position serves any process count (the global batches stay the same).
+    """
+    folder = os.path.join(self.path(step), 'data')
+    names = sorted(n for n in os.listdir(folder) if n.startswith('process_')) if os.path.isdir(folder) else []
+    states = set()
+    for name in names:
+      with open(os.path.join(folder, name)) as f:
+        states.add(json.dumps(json.load(f), sort_keys=True))
+    if len(states) != 1:
+      raise CheckpointError(f'{folder}: no data position that {jax.process_count()} process(es) '
+                            f'can share ({len(names)} files, {len(states)} different); resume '
+                            'with the process count it was saved with')
+    return json.loads(states.pop())
 
   def due(self, step: int) -> bool:
     every = self.cfg.checkpoint.every

@@ -10,6 +10,7 @@ import json
 import sys
 
 from trainer import config as config_lib
+from trainer import distributed
 
 _OVERRIDE = '--config.'
 
@@ -45,8 +46,11 @@ def _load_config(args, overrides):
 
 
 def cmd_train(args, overrides) -> int:
+  import jax
   from trainer import loop
-  cfg = _load_config(args, overrides)
+  cfg = config_lib.load(args.config, overrides)  # Bad keys stop here, before joining a cluster.
+  distributed.initialize(distributed.from_args(args))
+  config_lib.validate(cfg, jax.device_count())
   try:
     loop.run(cfg, args.workdir)
   except loop.TrainingStopped as e:
@@ -106,6 +110,16 @@ def cmd_info(args, overrides) -> int:
   width = max(len(n) for n in report['partition_specs'])
   for name, row in report['partition_specs'].items():
     print(f"  {name:<{width}}  {str(tuple(row['shape'])):<24} {tuple(row['spec'])}")
+  return 0
+
+
+def cmd_compile(args, overrides) -> int:
+  import os
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Compile-only TPU devices; never open a local TPU.
+  from trainer import aot
+  cfg = config_lib.load(args.config, overrides)
+  report = aot.fit_report(cfg, args.topology)
+  print(json.dumps(report) if args.json else aot.format_report(report))
   return 0
 
 
@@ -170,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
   train = verbs.add_parser('train', help='train (resumes from WORKDIR if it holds a checkpoint)')
   train.add_argument('--config', default='', help='configs/FILE.py[:VARIANT]; default: embedded')
   train.add_argument('--workdir', default='runs/default', help='metrics and checkpoints go here')
+  distributed.add_flags(train)
   train.set_defaults(run=cmd_train)
   export = verbs.add_parser('export', help='newest checkpoint to a Hugging Face directory')
   export.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
@@ -179,6 +194,11 @@ def _parser() -> argparse.ArgumentParser:
   info_p.add_argument('--config', default='')
   info_p.add_argument('--json', action='store_true', help='print one JSON object')
   info_p.set_defaults(run=cmd_info)
+  comp = verbs.add_parser('compile', help='compile the train step for a TPU topology: fits in HBM?')
+  comp.add_argument('--config', default='')
+  comp.add_argument('--topology', required=True, help='v3-256, v4-128, v5e-16, v5p-512, v6e-64 ...')
+  comp.add_argument('--json', action='store_true', help='print one JSON object')
+  comp.set_defaults(run=cmd_compile)
   _prepare_parser(verbs)
   plan_p = verbs.add_parser('plan', help='time, dollars, energy, CO2e and memory fit, pre-launch')
   plan_p.add_argument('--config', default='')

@@ -80,6 +80,8 @@ def default_config() -> ml_collections.ConfigDict:
   ms.fsdp = -1               # Parameter/optimizer sharding axis; -1 takes the remaining devices.
   ms.tensor = 1              # Megatron-style tensor-parallel axis.
   ms.rules = 'fsdp_tp'       # Logical-to-mesh rule set: 'dp', 'fsdp' or 'fsdp_tp'.
+  ms.slices = 1              # TPU slices joined over the data-centre network: mesh.data spans
+                             # them (a multiple of slices); fsdp and tensor stay inside a slice.
 
   c.data = d = ml_collections.ConfigDict()
   d.path = ''                # Prepared dataset directory; '' trains on the embedded default corpus.
@@ -251,6 +253,9 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
            f'(--config.model.max_len={m.max_len}); lower seq_len or raise max_len')
   shape = sharding.mesh_shape(cfg.mesh, num_devices)
   data, fsdp, tensor = shape
+  _require(cfg.mesh.slices >= 1 and data % cfg.mesh.slices == 0,
+           f'--config.mesh.slices={cfg.mesh.slices}: the data axis ({data}) must be a positive '
+           f'multiple of the slice count; set --config.mesh.data to a multiple of it')
   if cfg.mesh.rules in ('dp', 'fsdp'):
     _require(tensor == 1, f'--config.mesh.tensor={tensor} needs --config.mesh.rules=fsdp_tp '
              f'(rules {cfg.mesh.rules!r} leave the tensor axis unused)')

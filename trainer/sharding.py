@@ -61,14 +61,31 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
-def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
-  """A mesh with automatic (GSPMD) sharding propagation over the given devices."""
+def make_mesh(shape: tuple[int, int, int], devices=None, slices: int = 1) -> Mesh:
+  """A mesh with automatic (GSPMD) sharding propagation over the given devices.
+
+  With ``slices > 1`` the data axis spans the slices (over the data-centre network) and
+  fsdp and tensor stay inside each slice, where the interconnect is fast.
+  """
   devices = jax.devices() if devices is None else devices
+  if slices > 1:
+    return Mesh(_hybrid_grid(shape, devices, slices), AXES)
   try:
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
   except (AssertionError, NotImplementedError, ValueError):
     grid = np.asarray(devices).reshape(shape)
   return Mesh(grid, AXES)
+
+
+def _hybrid_grid(shape, devices, slices: int) -> np.ndarray:
+  from trainer.config import ConfigError
+  found = {getattr(d, 'slice_index', None) for d in devices}
+  if None in found or len(found) != slices:
+    what = 'no slice_index' if None in found else f'{len(found)} slice(s)'
+    raise ConfigError(f'--config.mesh.slices={slices}: the {devices[0].platform} devices have '
+                      f'{what}; multi-slice needs {slices} TPU slices (or set mesh.slices=1)')
+  per_slice = (shape[0] // slices, shape[1], shape[2])
+  return mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1, 1), devices)
 
 
 def rules(name: str):

@@ -92,7 +92,8 @@ class Setup:
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
-    shapes = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(self._init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))  # No concrete key:
+    # under a compile-only (AOT) mesh nothing may be placed on a device.
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
@@ -141,7 +142,7 @@ def build(cfg, devices=None) -> Setup:
   """Turns a validated config into a Setup on the given (default: all) devices."""
   devices = jax.devices() if devices is None else devices
   shape = sharding.mesh_shape(cfg.mesh, len(devices))
-  mesh = sharding.make_mesh(shape, devices)
+  mesh = sharding.make_mesh(shape, devices, cfg.mesh.slices)
   model_cfg = ModelConfig.from_config(cfg.model)
   model, eval_model = Decoder(model_cfg, deterministic=False), Decoder(model_cfg, deterministic=True)
   tx, lr_schedule = optimizer.make(cfg.optim, cfg.train.steps)
