@@ -74,23 +74,12 @@ def cmd_export(args, overrides) -> int:
 def info(cfg) -> dict:
   """Parameter count, FLOPs, mesh and every parameter's shape and PartitionSpec (abstract only)."""
   import jax
-  import jax.numpy as jnp
-  from flax import linen as nn
   from trainer import model, sharding
   mcfg = model.ModelConfig.from_config(cfg.model)
-  boxed = jax.eval_shape(
-      lambda k: model.Decoder(mcfg).init(k, jnp.zeros((1, 2), jnp.int32))['params'],
-      jax.random.PRNGKey(0))
-  specs = nn.get_partition_spec(boxed)
-  rules = sharding.rules(cfg.mesh.rules)
-  flat_shapes = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
-  flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  table = {}
-  for (path, leaf), spec in zip(flat_shapes, flat_specs):
-    name = '/'.join(p.key for p in path)
-    mesh_spec = nn.logical_to_mesh_axes(spec, rules)
-    table[name] = {'shape': list(leaf.shape), 'logical': list(spec),
-                   'spec': [list(a) if isinstance(a, tuple) else a for a in mesh_spec]}
+  params = sharding.param_table(model.abstract_params(mcfg), cfg.mesh.rules)
+  table = {name: {'shape': list(shape), 'logical': list(spec),
+                  'spec': [list(a) if isinstance(a, tuple) else a for a in mesh_spec]}
+           for name, (shape, spec, mesh_spec) in params.items()}
   shape = sharding.mesh_shape(cfg.mesh, jax.device_count())
   return {'params': model.param_count(mcfg),
           'flops_per_token': model.flops_per_token(mcfg, cfg.train.seq_len),

@@ -10,12 +10,11 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from trainer.config import ConfigError
-from trainer.model import Decoder, ModelConfig
+from trainer.model import ModelConfig, abstract_params
 
 
 class ConversionError(ConfigError):
@@ -222,8 +221,7 @@ def params_to_hf(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
 def params_shapes(cfg: ModelConfig) -> dict[str, tuple]:
   """Shapes of one layer's and the top-level parameters, keyed by our path."""
   flat_cfg = ModelConfig(**{**cfg.__dict__, 'scan_layers': False, 'num_layers': 1})
-  boxed = jax.eval_shape(lambda k: Decoder(flat_cfg).init(k, jnp.zeros((1, 2), jnp.int32)),
-                         jax.random.PRNGKey(0))['params']
+  boxed = abstract_params(flat_cfg)
   shapes = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]:
     keys = [p.key for p in path]

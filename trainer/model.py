@@ -240,6 +240,12 @@ class Decoder(nn.Module):
     return logits_BLV
 
 
+def abstract_params(cfg: ModelConfig):
+  """Parameter shapes with their logical axes (flax boxes), without allocating anything."""
+  return jax.eval_shape(lambda k: Decoder(cfg).init(k, jnp.zeros((1, 2), jnp.int32))['params'],
+                        jax.random.PRNGKey(0))
+
+
 def param_count(cfg: ModelConfig) -> int:
   """Parameters as Hugging Face counts them: true vocab, tied weights once."""
   E, M, L, W, V = cfg.embed_dim, cfg.mlp_dim, cfg.num_layers, cfg.word_dim, cfg.vocab_size

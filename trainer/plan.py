@@ -34,25 +34,17 @@ def parse_count(text: str, what: str) -> float:
 
 def _sharded_elements(cfg, mesh_shape) -> tuple[int, int]:
   """Parameter elements held by one device under the configured rules, and in all."""
-  import jax
-  import jax.numpy as jnp
-  from flax import linen as nn
   mcfg = model.ModelConfig.from_config(cfg.model)
-  boxed = jax.eval_shape(
-      lambda k: model.Decoder(mcfg).init(k, jnp.zeros((1, 2), jnp.int32))['params'],
-      jax.random.PRNGKey(0))
   sizes = dict(zip(sharding.AXES, mesh_shape))
-  specs = jax.tree.leaves(nn.get_partition_spec(boxed),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   per_device = total = 0
-  for leaf, spec in zip(jax.tree.leaves(nn.unbox(boxed)), specs):
-    mesh_spec = nn.logical_to_mesh_axes(spec, sharding.rules(cfg.mesh.rules))
+  for shape, _, mesh_spec in sharding.param_table(model.abstract_params(mcfg),
+                                                  cfg.mesh.rules).values():
     n = 1
-    for dim, axes in zip(leaf.shape, tuple(mesh_spec) + (None,) * leaf.ndim):
+    for dim, axes in zip(shape, tuple(mesh_spec) + (None,) * len(shape)):
       axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
       n *= math.ceil(dim / math.prod(sizes[a] for a in axes))
     per_device += n
-    total += math.prod(leaf.shape)
+    total += math.prod(shape)
   return per_device, total
 
 

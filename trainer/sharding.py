@@ -92,6 +92,15 @@ def rules(name: str):
   return RULES[name]
 
 
+def param_table(boxed_params, rule_name: str) -> dict:
+  """{'h/attn/c_attn_kernel': (shape, logical spec, mesh spec)} of abstract boxed params."""
+  specs = jax.tree.leaves(nn.get_partition_spec(boxed_params), is_leaf=lambda x: isinstance(x, P))
+  leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_params))[0]
+  return {'/'.join(p.key for p in path):
+          (tuple(leaf.shape), spec, nn.logical_to_mesh_axes(spec, RULES[rule_name]))
+          for (path, leaf), spec in zip(leaves, specs)}
+
+
 def logical_to_sharding(logical_specs, mesh: Mesh, rule_name: str):
   """Maps a tree of logical PartitionSpecs to NamedShardings on the mesh."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, RULES[rule_name])

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from trainer import optimizer, sharding
-from trainer.model import Decoder, ModelConfig
+from trainer.model import Decoder, ModelConfig, abstract_params
 
 
 class TrainState(struct.PyTreeNode):
@@ -92,8 +92,8 @@ class Setup:
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it."""
-    shapes = jax.eval_shape(self._init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))  # No concrete key:
-    # under a compile-only (AOT) mesh nothing may be placed on a device.
+    # An abstract key: under a compile-only (AOT) mesh nothing may be placed on a device.
+    shapes = jax.eval_shape(self._init_fn, jax.ShapeDtypeStruct((2,), jnp.uint32))
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
@@ -147,8 +147,7 @@ def build(cfg, devices=None) -> Setup:
   model, eval_model = Decoder(model_cfg, deterministic=False), Decoder(model_cfg, deterministic=True)
   tx, lr_schedule = optimizer.make(cfg.optim, cfg.train.steps)
 
-  boxed = jax.eval_shape(lambda k: eval_model.init(k, jnp.zeros((1, 2), jnp.int32))['params'],
-                         jax.random.PRNGKey(0))
+  boxed = abstract_params(model_cfg)
   logical_specs = nn.get_partition_spec(boxed)
   param_sh = sharding.logical_to_sharding(logical_specs, mesh, cfg.mesh.rules)
   repl = sharding.replicated(mesh)
