@@ -5,8 +5,8 @@
 
 Each case compiles the real sharded train step, runs one warm-up step, then times
 `--steps` steps (median step time). MFU = model FLOPs per token (PaLM convention,
-trainer/model.py) x tokens/s / the peak measured by trainer/metrics.py in the same
-compute dtype.
+trainer/model.py) x tokens/s / the peak the training log uses (metrics.Accountant:
+the hardware table, or on CPU a matmul measured in the same compute dtype).
 """
 import argparse
 import os
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trainer import config, data, metrics, model, train  # noqa: E402
+from trainer import config, data, metrics, train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
@@ -53,10 +53,11 @@ def measure(spec: str, overrides: dict, dtype: str, steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step_time = statistics.median(times)
   tokens_per_sec = t.batch_size * t.seq_len / step_time
-  flops = model.flops_per_token(setup.model_cfg, t.seq_len)
-  peak = metrics.peak_flops_total(dtype)
+  # The same MFU the training log reports (peak: hardware table, or measured on CPU).
+  acct = metrics.Accountant(cfg, setup.model_cfg, setup.mesh.size)
   return {'tokens_per_sec': tokens_per_sec, 'step_time_s': step_time,
-          'mfu': flops * tokens_per_sec / peak, 'peak_gflops': peak / 1e9}
+          'mfu': acct.model_flops * tokens_per_sec / acct.peak_total,
+          'peak_gflops': acct.peak_total / 1e9}
 
 
 def main():

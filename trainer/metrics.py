@@ -33,14 +33,6 @@ def measure_peak_flops(dtype: str, size: int = 2048, repeats: int = 3) -> float:
   return 2 * size**3 / best
 
 
-def peak_flops_total(dtype: str) -> float:
-  """Peak FLOP/s of all devices. Fake CPU devices share one host, so CPU counts hosts."""
-  per_device = measure_peak_flops(dtype)
-  if jax.devices()[0].platform == 'cpu':
-    return per_device * jax.process_count()
-  return per_device * jax.device_count()
-
-
 ACCOUNTING = 'accounting.json'
 
 
