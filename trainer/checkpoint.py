@@ -162,7 +162,7 @@ def _first_line(e: Exception) -> str:
 
 
 def latest(workdir: str, devices=None):
-  """(config, state) of the newest checkpoint in ``workdir``, on a mesh that fits ``devices``."""
+  """(config, step, state) of the newest checkpoint in ``workdir``, on a mesh that fits ``devices``."""
   from trainer import train  # Local import: train pulls in the model.
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
