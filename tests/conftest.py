@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+DATA = os.path.join(ROOT, 'tests', 'data')  # Small real fixtures; see tests/data/README.md.
 sys.path.insert(0, ROOT)
 
 

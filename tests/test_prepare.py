@@ -11,9 +11,8 @@ import zstandard
 
 from trainer import cli, dedup, prepare
 
-from conftest import ROOT, SHARED_DATA
+from conftest import DATA, ROOT
 
-BPE_DIR = os.path.join(SHARED_DATA, 'gpt2_bpe')
 
 
 def words(tag, n):
@@ -108,15 +107,14 @@ def test_every_stage_on_a_mixed_corpus(tmp_path):
 def test_real_text_with_gpt2(tmp_path):
   out = tmp_path / 'data'
   stats = prepare.prepare(prepare.Options(
-      inputs=[os.path.join(SHARED_DATA, 'tinyshakespeare', 'input.txt'),
-              os.path.join(SHARED_DATA, 'wikitext-2-raw')],
-      output=str(out), bpe_dir=BPE_DIR, separator='\n\n', min_length=16), say=lambda *a: None)
-  expected = {'documents_in': 7223, 'removed_exact_duplicates': 74, 'removed_short': 1707,
-              'removed_near_duplicates': 0, 'documents_out': 5442, 'tokens_out': 589_166,
+      inputs=[os.path.join(DATA, 'tinyshakespeare.txt'), os.path.join(DATA, 'wiki.test.raw')],
+      output=str(out), separator='\n\n', min_length=16), say=lambda *a: None)
+  expected = {'documents_in': 455, 'removed_exact_duplicates': 0, 'removed_short': 139,
+              'removed_near_duplicates': 0, 'documents_out': 316, 'tokens_out': 28_478,
               'tokenizer': 'gpt2'}
   assert {k: stats[k] for k in expected} == expected
-  assert stats['tokens_train'] + stats['tokens_validation'] == 589_166
-  assert 0.02 < stats['documents_validation'] / 5442 < 0.08  # About val_fraction = 0.05.
+  assert stats['tokens_train'] + stats['tokens_validation'] == 28_478
+  assert 0.02 < stats['documents_validation'] / 316 < 0.08  # About val_fraction = 0.05.
 
 
 def keep_without_digits(text):

