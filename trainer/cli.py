@@ -48,7 +48,8 @@ def _load_config(args, overrides):
 def cmd_train(args, overrides) -> int:
   import jax
   from trainer import loop
-  cfg = config_lib.load(args.config, overrides)  # Bad keys stop here, before joining a cluster.
+  cfg = config_lib.load(args.config, overrides)
+  config_lib.check_values(cfg)  # Bad keys and values stop here, before joining a cluster.
   distributed.initialize(distributed.from_args(args))
   config_lib.validate(cfg, jax.device_count())
   try:
@@ -107,6 +108,7 @@ def cmd_compile(args, overrides) -> int:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Compile-only TPU devices; never open a local TPU.
   from trainer import aot
   cfg = config_lib.load(args.config, overrides)
+  config_lib.check_values(cfg)  # Before the topology's device count enters the messages.
   report = aot.fit_report(cfg, args.topology)
   print(json.dumps(report) if args.json else aot.format_report(report))
   return 0
