@@ -4,98 +4,26 @@ A config file (``configs/*.py``) is a Python module with ``get_config(arg)``
 that starts from :func:`default_config` and changes values; it may not add keys.
 Command-line overrides (``--config.train.steps=5``) are applied on top, typed by
 the default value, and :func:`validate` checks the result before anything compiles.
+
+Each key is declared once in :func:`_declare` as ``Key(default, range or choices)``
+with a comment saying what it means; a new key is one such line:
+
+    t.sample_every = Key(0, ge=0)  # Steps between samples (0: only at the end).
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
 import math
 import os
-import re
 
 import ml_collections
 
 from trainer import hardware
 from trainer.errors import ConfigError  # noqa: F401  (everyone imports it from here)
+from trainer.spec import Key
 
-INT_LIMIT = 2**31  # Counts and sizes reach the device as int32.
 MESH_AXES = ('data', 'fsdp', 'tensor')
-
-
-@dataclasses.dataclass(frozen=True)
-class Key:
-  """A key's default (which fixes its type) and the values it accepts.
-
-  Bounds read like pydantic's: ``gt``/``ge``/``lt``/``le``; integers without an upper
-  bound stop below INT_LIMIT. ``also`` lists special values outside the range (mesh
-  -1: take the rest). Strings take ``choices`` or a ``pattern`` (a full-match regex,
-  described by ``allowed``). Floats are always finite.
-  """
-  default: bool | int | float | str
-  gt: float | None = None
-  ge: float | None = None
-  lt: float | None = None
-  le: float | None = None
-  choices: tuple = ()
-  also: tuple = ()
-  pattern: str = ''
-  allowed: str = ''
-
-  @property
-  def type(self) -> type:
-    return type(self.default)
-
-  def upper(self) -> tuple[float, bool]:
-    """(bound, inclusive); integers are capped at INT_LIMIT."""
-    if self.le is not None:
-      return self.le, True
-    if self.lt is not None:
-      return self.lt, False
-    return (INT_LIMIT, False) if self.type is int else (math.inf, False)
-
-  def lower(self) -> tuple[float, bool]:
-    if self.ge is not None:
-      return self.ge, True
-    return (-math.inf, False) if self.gt is None else (self.gt, False)
-
-  def describe(self) -> str:
-    """What the key accepts, as the error message says it."""
-    if self.type is bool:
-      return 'expected true or false'
-    if self.choices:
-      return 'choose one of ' + ', '.join(c or "''" for c in self.choices)
-    if self.type is str:
-      return f'expected {self.allowed or "a string"}'
-    (lo, lo_in), (hi, hi_in) = self.lower(), self.upper()
-    span = f'{"[" if lo_in else "("}{_number(lo)}, {_number(hi)}{"]" if hi_in else ")"}'
-    also = ''.join(f'{_number(a)} or ' for a in self.also)
-    if span == '(-inf, inf)':
-      return f'must be {also}a finite number'
-    return f'must be {also}{"an integer" if self.type is int else "a number"} in {span}'
-
-  def accepts(self, value) -> bool:
-    if self.type is bool or isinstance(value, bool):
-      return isinstance(value, bool) and self.type is bool
-    if self.type is str:
-      if self.choices:
-        return value in self.choices
-      return isinstance(value, str) and re.fullmatch(self.pattern or '.*', value, re.S) is not None
-    if not isinstance(value, (int, float)) or (self.type is int and not isinstance(value, int)):
-      return False
-    if value in self.also:
-      return True
-    (lo, lo_in), (hi, hi_in) = self.lower(), self.upper()
-    return (math.isfinite(value) and (lo <= value if lo_in else lo < value) and
-            (value <= hi if hi_in else value < hi))
-
-
-def _number(x) -> str:
-  if x in (math.inf, -math.inf):
-    return '-inf' if x < 0 else 'inf'
-  if isinstance(x, int) and x >= 2**16 and x & (x - 1) == 0:
-    return f'2**{x.bit_length() - 1}'
-  return str(x)
 
 
 def _declare() -> ml_collections.ConfigDict:
@@ -228,9 +156,14 @@ def load(spec: str | None, overrides: dict[str, str] | None = None):
     path, _, arg = spec.partition(':')
     if not os.path.isfile(path):
       raise ConfigError(f'--config: no such file {path!r}; give a path like configs/gpt2.py:gpt2')
+    if not path.endswith('.py'):
+      raise ConfigError(f'--config: {path!r} is not a Python file; give one like configs/gpt2.py')
     module_spec = importlib.util.spec_from_file_location('_trainer_config', path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+      module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+      raise ConfigError(f'--config: {path}:{e.lineno}: {e.msg}') from None
     if not hasattr(module, 'get_config'):
       raise ConfigError(f'--config: {path} defines no get_config(arg) function')
     try:
@@ -259,22 +192,6 @@ def from_dict(values: dict, source: str):
   return cfg
 
 
-def _parse(key: str, text: str, old):
-  if isinstance(old, bool):
-    if text.lower() in ('true', '1', 'yes'):
-      return True
-    if text.lower() in ('false', '0', 'no'):
-      return False
-    raise ConfigError(f'--config.{key}={text}: expected true or false')
-  for typ, name in ((int, 'an integer'), (float, 'a number')):
-    if isinstance(old, typ):
-      try:
-        return typ(text)
-      except ValueError:
-        raise ConfigError(f'--config.{key}={text}: expected {name}') from None
-  return text
-
-
 def set_value(cfg, key: str, value):
   """Sets ``a.b.c`` to ``value`` (a string is parsed by the key's type)."""
   known = [k for k, _ in _flatten(cfg)]
@@ -288,7 +205,10 @@ def set_value(cfg, key: str, value):
     node = node[p]
   old = node[leaf]
   if isinstance(value, str) and not isinstance(old, str):
-    value = _parse(key, value, old)
+    try:
+      value = Key(old).parse(value)
+    except ValueError as e:
+      raise ConfigError(f'--config.{key}={value}: {e}') from None
   elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   elif type(value) is not type(old):
