@@ -18,6 +18,12 @@ PATH = Key('', pattern=r'\S.*', allowed='a non-empty path')  # '' would silently
 
 
 class _Parser(argparse.ArgumentParser):
+  def parse_known_args(self, args=None, namespace=None):
+    for arg in args or ():  # Python 3.11's argparse turns --flag=-- into [] and skips type=.
+      if arg.startswith('-') and arg.partition('=')[2] == '--':
+        self.error(f"{arg}: '--' is not a value")
+    return super().parse_known_args(args, namespace)
+
   def error(self, message):
     prefix, _, rest = message.partition(': ')
     if prefix.startswith('argument ') and rest.startswith(prefix.split()[-1] + '='):
@@ -51,11 +57,11 @@ def _load_config(args, overrides):
 
 
 def cmd_train(args, overrides) -> int:
+  cfg = config_lib.load(args.config, overrides)
+  config_lib.check_values(cfg)  # Bad keys and values stop here: before JAX, before the cluster.
+  distributed.initialize(distributed.from_args(args))
   import jax
   from trainer import loop
-  cfg = config_lib.load(args.config, overrides)
-  config_lib.check_values(cfg)  # Bad keys and values stop here, before joining a cluster.
-  distributed.initialize(distributed.from_args(args))
   config_lib.validate(cfg, jax.device_count())
   try:
     loop.run(cfg, args.workdir)
@@ -226,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(rest)
     return args.run(args, overrides)
   except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
+    # One line whatever the user typed: control characters in a value print as escapes.
+    message = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+    print(f'error: {message}', file=sys.stderr)
     return 2
 
 

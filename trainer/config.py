@@ -21,7 +21,7 @@ import ml_collections
 
 from trainer import hardware
 from trainer.errors import ConfigError  # noqa: F401  (everyone imports it from here)
-from trainer.spec import Key
+from trainer.spec import Key, show
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -53,7 +53,7 @@ def _declare() -> ml_collections.ConfigDict:
   m.dropout = Key(0.0, ge=0, lt=1)  # Dropout on each sublayer's output (residual branch).
   m.embed_dropout = Key(0.0, ge=0, lt=1)  # Dropout on the summed embeddings (GPT-2: 0.1; OPT: 0).
   m.attn_dropout = Key(0.0, ge=0, lt=1)  # Dropout on attention probabilities.
-  m.ln_eps = Key(1e-5, gt=0)     # Layer-norm epsilon (GPT-2 and OPT both use 1e-5).
+  m.ln_eps = Key(1e-5, ge=1e-30)  # Layer-norm epsilon (GPT-2, OPT: 1e-5); float32 keeps it nonzero.
   m.init_std = Key(0.02, gt=0)   # Normal init standard deviation.
   m.scale_residual_init = Key(True)  # Residual output projections get init_std / sqrt(2 * layers).
   m.dtype = Key('float32', choices=('float32', 'bfloat16'))  # Compute dtype; params stay float32.
@@ -80,7 +80,7 @@ def _declare() -> ml_collections.ConfigDict:
   o.min_lr_ratio = Key(0.1, ge=0, le=1)  # Final learning rate as a fraction of the peak.
   o.b1 = Key(0.9, ge=0, lt=1)
   o.b2 = Key(0.95, ge=0, lt=1)
-  o.eps = Key(1e-8, gt=0)
+  o.eps = Key(1e-8, ge=1e-30)    # Below ~1e-38 float32 makes it 0, and a zero gradient 0/0.
   o.weight_decay = Key(0.1, ge=0)  # Decoupled (AdamW) weight decay on matrices.
   o.decay_embeddings = Key(False)  # Also decay the token and position embeddings.
   o.clip_norm = Key(1.0, ge=0)   # Global gradient-norm clip (0: off).
@@ -208,7 +208,7 @@ def set_value(cfg, key: str, value):
     try:
       value = Key(old).parse(value)
     except ValueError as e:
-      raise ConfigError(f'--config.{key}={value}: {e}') from None
+      raise ConfigError(f'--config.{key}={show(value)}: {e}') from None
   elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   elif type(value) is not type(old):
@@ -221,16 +221,12 @@ def _require(ok: bool, message: str):
     raise ConfigError(message)
 
 
-def _show(value) -> str:
-  return repr(value) if isinstance(value, str) else str(value)
-
-
 def check_values(cfg):
   """Checks every key on its own against its Key: type, range or choices (no devices needed)."""
   values = dict(_flatten(cfg))
-  for key, spec in SPECS.items():
+  for key, key_spec in SPECS.items():
     value = values[key]
-    _require(spec.accepts(value), f'--config.{key}={_show(value)}: {spec.describe()}')
+    _require(key_spec.accepts(value), f'--config.{key}={value!r}: {key_spec.describe()}')
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:

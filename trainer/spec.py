@@ -98,6 +98,11 @@ class Key:
     return text
 
 
+def show(text: str) -> str:
+  """Command-line text as a message quotes it: bare if plain, else repr (newlines stay escaped)."""
+  return text if text.strip() and text.isprintable() and ' ' not in text else repr(text)
+
+
 def _number(x) -> str:
   if x in (math.inf, -math.inf):
     return '-inf' if x < 0 else 'inf'
@@ -114,7 +119,7 @@ def add_flag(parser, name: str, key: Key, **kwargs):
     return parser.add_argument(name, **kwargs)
 
   def typed(text: str):
-    shown = text if text.strip() and text.isprintable() and ' ' not in text else repr(text)
+    shown = show(text)
     try:
       value = key.parse(text)
     except ValueError as e:
@@ -122,4 +127,5 @@ def add_flag(parser, name: str, key: Key, **kwargs):
     if not key.accepts(value):
       raise argparse.ArgumentTypeError(f'{name}={shown}: {key.describe()}')
     return value
+  typed.key = key  # For tests that draw every flag's values.
   return parser.add_argument(name, type=typed, **kwargs)
