@@ -32,8 +32,7 @@ class Started(Exception):
 
 
 def _text(value) -> str:
-  return repr(value) if isinstance(value, float) else str(value).lower() if isinstance(
-      value, bool) else str(value)
+  return repr(value) if isinstance(value, float) else str(value)  # repr: floats round-trip.
 
 
 def valid(key: Key) -> st.SearchStrategy:
@@ -45,11 +44,13 @@ def valid(key: Key) -> st.SearchStrategy:
   if key.type is str:
     prefix = key.pattern.split(':')[0].strip('(') + ':' if ':' in key.pattern else ''
     body = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
-    return st.just('') | body.map(lambda b: prefix + b) if prefix else body | st.just('x')
+    if prefix:  # 'hf:PATH' or 'tfds:NAME', or empty.
+      return st.just('') | body.map(lambda b: prefix + b)
+    return body
   (lo, lo_in), (hi, hi_in) = key.lower(), key.upper()
   also = [st.just(_text(a)) for a in key.also]
   if key.type is int:
-    lo, hi = int(lo) + (not lo_in), int(hi) - (not hi_in)
+    lo, hi = int(max(lo, -INT_LIMIT)) + (not lo_in), int(hi) - (not hi_in)
     edges = st.sampled_from([lo, hi, min(lo + 1, hi)])
     return st.one_of(edges, st.integers(lo, min(hi, lo + 10**6)), *also).map(_text)
   lo = max(lo, -1e300)
@@ -101,7 +102,8 @@ def run(argv, capsys) -> tuple[str, str]:
   """('started' | 'exit 0' | 'exit 2', stderr); anything else (a traceback) fails the test."""
   try:
     code = cli.main(argv)
-  except Started:
+  except Started as e:
+    run.started_with = e.args
     return 'started', capsys.readouterr().err
   err = capsys.readouterr().err
   assert code in (0, 2), (argv, code, err)
@@ -114,7 +116,7 @@ def run(argv, capsys) -> tuple[str, str]:
 def no_work(monkeypatch):
   """Every verb stops with Started where its expensive or irreversible part would begin."""
   def raise_started(*args, **kwargs):
-    raise Started()
+    raise Started(*args)
 
   def initialize(settings):
     distributed.check(settings)  # The flag checks run; joining a cluster does not.
@@ -150,6 +152,11 @@ def test_any_single_key_starts_or_exits_2(data, no_work, capsys, tmp_path):
     assert outcome == 'exit 2' and f'--config.{name}=' in err, (name, text, outcome, err)
   elif outcome == 'exit 2':  # Only a conflict with another key may stop a value the key accepts.
     assert config.SPECS[name].describe() not in err, (name, text, err)
+  else:  # loop.run(cfg, workdir) got the value.
+    section, _, leaf = name.rpartition('.')
+    cfg = run.started_with[0]
+    got = (cfg[section] if section else cfg)[leaf]
+    assert got == config.SPECS[name].parse(text), (name, text, got)
   assert not os.path.exists(f'{tmp_path}/run')
 
 
@@ -220,7 +227,8 @@ def _flags():
         yield verb, name, (st.sampled_from(choices).map(lambda t: (t, True)) |
                            JUNK.filter(lambda t, c=choices: t not in c).map(lambda t: (t, False)))
       else:
-        yield verb, name, (st.sampled_from(FREE[name]) | ARGV_TEXT).map(lambda t: (t, None))
+        examples = st.sampled_from(FREE[name]) if name in FREE else st.nothing()
+        yield verb, name, (examples | ARGV_TEXT).map(lambda t: (t, None))
 
 
 FLAGS = list(_flags())
@@ -234,7 +242,9 @@ def _argv(verb, flag, text, base):
   return [verb, *rest, flag if text is None else f'{flag}={text}']
 
 
-def test_every_flag_is_drawn():
+def test_every_verb_and_flag_is_drawn(tmp_path):
+  verbs = {v for v, _, _ in FLAGS}
+  assert verbs == set(_base(tmp_path)), 'give each new verb its valid base arguments in _base'
   assert {(v, f) for v, f, _ in FLAGS} >= {('train', '--num_processes'), ('prepare', '--ngram'),
                                             ('plan', '--mfu'), ('export', '--out'),
                                             ('report', 'workdir'), ('compile', '--topology')}
@@ -244,7 +254,8 @@ def test_every_flag_is_drawn():
 @settings(PROFILE, max_examples=150)  # Each example loads a tokenizer or builds a plan.
 @given(data=st.data())
 def test_any_flag_value_starts_or_exits_2(data, no_work, capsys, tmp_path):
-  verb, flag, strategy = data.draw(st.sampled_from(FLAGS), label='flag')
+  verb, flag, strategy = data.draw(st.sampled_from([f for f in FLAGS if f[0] in
+                                                   _base(tmp_path)]), label='flag')
   text, ok = data.draw(strategy, label='value')
   if verb == 'report' and ok:
     text = str(tmp_path)  # A drawn path would point report at arbitrary directories.

@@ -80,7 +80,6 @@ class Key:
     return (math.isfinite(value) and (lo <= value if lo_in else lo < value) and
             (value <= hi if hi_in else value < hi))
 
-
   def parse(self, text: str):
     """The key's type read from command-line text; a ValueError says what was expected."""
     if self.type is bool:
