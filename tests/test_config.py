@@ -78,7 +78,8 @@ def test_import_order_has_no_circles():
   import subprocess
   import sys
   for first in ('trainer.config', 'trainer.hardware', 'trainer.sharding', 'trainer.errors'):
-    out = subprocess.run([sys.executable, '-c', f'import {first}, sys; print("jax" in sys.modules)'],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = f'import {first}, sys; print("jax" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(first == 'trainer.sharding'), first
