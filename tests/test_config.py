@@ -55,3 +55,31 @@ def test_mesh_minus_one_takes_the_rest():
   cfg = config.load(None, {'mesh.data': '2', 'mesh.fsdp': '-1', 'mesh.tensor': '2',
                            'train.batch_size': '32'})
   assert config.validate(cfg, 8) == (2, 2, 2)
+
+
+@pytest.mark.parametrize('override, allowed', [  # The values issue 9 found starting training.
+    ('optim.lr=-1', '(0, inf)'), ('model.dropout=1.5', '[0, 1)'),
+    ('optim.warmup_steps=-5', '[0, 2**31)'), ('optim.min_lr_ratio=3', '[0, 1]'),
+    ('optim.b2=1.5', '[0, 1)'), ('optim.clip_norm=-1', '[0, inf)'),
+    ('model.init_std=-1', '(0, inf)'), ('train.eval_every=-1', '[0, 2**31)'),
+    ('seed=-1', '[0, 2**32)'), ('optim.eps=0', '[1e-30, inf)'), ('optim.b1=nan', '[0, 1)'),
+    ('optim.lr=inf', '(0, inf)'), ('data.val_every_nth_file=1', '[2, 2**31)'),
+])
+def test_out_of_range_values_stop_before_anything_runs(override, allowed, capsys, tmp_path):
+  code = cli.main(['train', TINY, f'--workdir={tmp_path}/run', f'--config.{override}'])
+  err = capsys.readouterr().err
+  key = override.split('=')[0]
+  assert code == 2 and err.startswith(f'error: --config.{key}=') and err.count('\n') == 1, err
+  assert err.rstrip().endswith(allowed) and not (tmp_path / 'run').exists()
+
+
+def test_import_order_has_no_circles():
+  """config, hardware and sharding import each other only one way; config needs no JAX."""
+  import subprocess
+  import sys
+  for first in ('trainer.config', 'trainer.hardware', 'trainer.sharding', 'trainer.errors'):
+    code = f'import {first}, sys; print("jax" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(first == 'trainer.sharding'), first

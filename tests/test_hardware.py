@@ -57,10 +57,10 @@ def test_rates_from_table_and_overrides():
 
 
 @pytest.mark.parametrize('key,value,message', [
-    ('cost.hardware', 'tpu-v9', 'unknown hardware .tpu-v9.; known: tpu-v2'),
-    ('cost.chips', -1, '--config.cost.chips=-1: must be 0'),
-    ('cost.pue', 0.5, '--config.cost.pue=0.5: a PUE is 1.0 or more'),
-    ('cost.kg_co2e_per_kwh', -0.1, 'must not be negative'),
+    ('cost.hardware', 'tpu-v9', "cost.hardware='tpu-v9': choose one of '', tpu-v2, tpu-v3"),
+    ('cost.chips', -1, r'--config.cost.chips=-1: must be an integer in \[0, 2\*\*31\)'),
+    ('cost.pue', 0.5, r'--config.cost.pue=0.5: must be a number in \[1, inf\)'),
+    ('cost.kg_co2e_per_kwh', -0.1, r'kg_co2e_per_kwh=-0.1: must be a number in \[0, inf\)'),
     ('train.target_tokens', -5, '--config.train.target_tokens=-5'),
 ])
 def test_cost_config_is_validated_before_compiling(key, value, message):

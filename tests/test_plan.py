@@ -79,12 +79,15 @@ def test_hardware_flops_with_full_remat():
 
 @pytest.mark.parametrize('args,message', [
     (['--hardware=tpu-v9', '--chips=8', '--tokens=1e9'], 'unknown hardware .* known: tpu-v2'),
-    (['--hardware=h100', '--chips=0', '--tokens=1e9'], '--chips=0: must be a positive'),
-    (['--hardware=h100', '--chips=-4', '--tokens=1e9'], '--chips=-4: must be a positive'),
+    (['--hardware=h100', '--chips=0', '--tokens=1e9'],
+     r'--chips=0: must be an integer in \[1, 2\*\*31\)'),
+    (['--hardware=h100', '--chips=-4', '--tokens=1e9'], '--chips=-4: must be an integer in'),
     (['--hardware=h100', '--chips=8', '--tokens=0'], '--tokens=0: must be a positive'),
     (['--hardware=h100', '--chips=8', '--tokens=lots'], '--tokens=lots: must be a positive'),
     (['--hardware=h100', '--chips=8', '--tokens=1e9', '--mfu=1.5'], '--mfu=1.5: must be'),
-    (['--hardware=h100', '--chips=8', '--tokens=1e9', '--price=-1'], '--price=-1.0: dollars'),
+    (['--hardware=h100', '--chips=8', '--tokens=1e9', '--price=-1'],
+     r'--price=-1: must be a number in \[0, inf\)'),
+    (['--hardware=h100', '--chips=8', '--tokens=1e9', '--price=nan'], '--price=nan: must be'),
     ([f'--config={ROOT}/configs/opt.py:opt-175b', '--hardware=a100-40gb', '--chips=8',
       '--tokens=1e9'], 'cannot fit: .* need 349.3 GB per device .* use at least 70 chips'),
 ])

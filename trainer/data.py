@@ -51,7 +51,7 @@ def stdlib_corpus(max_bytes: int, val_every_nth_file: int, tokenizer=ByteTokeniz
   for i in np.random.RandomState(0).permutation(len(files)):
     docs.append(tokenizer.encode(files[i].read_text('utf-8', errors='replace')))
     total += len(docs[-1])
-    if total >= max_bytes:
+    if total >= max_bytes and len(docs) >= 2:  # Two files at least: one per split.
       break
   n = min(val_every_nth_file, len(docs))
   eot = np.array([tokenizer.eot], np.int32)
@@ -223,6 +223,11 @@ def load(cfg, process_index: int | None = None, process_count: int | None = None
     tokenizer = tokenizer_lib.get(cfg.data.tokenizer or 'byte')
     check_vocab(cfg, tokenizer)
     train, val = stdlib_corpus(cfg.data.max_bytes, cfg.data.val_every_nth_file, tokenizer)
+    for split, tokens in (('train', train), ('validation', val)):
+      if len(tokens) <= t.seq_len * count:  # Every process needs one window of seq_len + 1.
+        raise ConfigError(f'--config.data.max_bytes={cfg.data.max_bytes}: the embedded corpus '
+                          f'has {len(tokens)} {split} tokens, too few for {count} process(es) x '
+                          f'--config.train.seq_len={t.seq_len}; raise max_bytes')
     return Streams(tokenizer=tokenizer,
                    train=train_dataset(train, t.seq_len, t.batch_size, cfg.seed),
                    val=eval_batches(val, t.seq_len, t.batch_size, t.eval_batches))

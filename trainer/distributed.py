@@ -19,6 +19,7 @@ import importlib.util
 import os
 
 from trainer.config import ConfigError
+from trainer.spec import Key, add_flag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +92,13 @@ def add_flags(parser):
   d = Settings()
   parser.add_argument('--coordinator', default=d.coordinator,
                       help='HOST:PORT of process 0 (explicit multi-process start)')
-  parser.add_argument('--num_processes', type=int, default=d.num_processes)
-  parser.add_argument('--process_id', type=int, default=d.process_id)
-  parser.add_argument('--heartbeat_timeout', type=int, default=d.heartbeat_timeout,
-                      help='seconds before a silent process counts as dead (default 60)')
-  parser.add_argument('--init_timeout', type=int, default=d.init_timeout,
-                      help='seconds to wait for all processes to join (default 300)')
+  add_flag(parser, '--num_processes', Key(d.num_processes, ge=0), help='processes (0: detect)')
+  add_flag(parser, '--process_id', Key(d.process_id, ge=0, also=(-1,)),
+           help="this process's index (-1: detect)")
+  add_flag(parser, '--heartbeat_timeout', Key(d.heartbeat_timeout, ge=1),
+           help='seconds before a silent process counts as dead (default 60)')
+  add_flag(parser, '--init_timeout', Key(d.init_timeout, ge=1),
+           help='seconds to wait for all processes to join (default 300)')
 
 
 def from_args(args) -> Settings:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 
 GB, GIB = 1e9, 2**30
 

@@ -103,8 +103,8 @@ def plan(cfg, hardware_name: str, chips, tokens: float, *, mfu=None, hfu=None,
     raise ConfigError(f'--chips={chips}: must be a positive whole number of chips')
   if not tokens > 0:
     raise ConfigError(f'--tokens={tokens}: must be positive')
-  if price is not None and price < 0:
-    raise ConfigError(f'--price={price}: dollars per chip-hour must not be negative')
+  if price is not None and not 0 <= price < math.inf:
+    raise ConfigError(f'--price={price}: dollars per chip-hour must be a finite number >= 0')
   if remat is not None:
     cfg.model.remat = remat
   config_lib.validate(cfg, chips * hw.devices_per_chip)

@@ -7,15 +7,15 @@ weight's ``embed`` dimension while activations keep theirs whole.
 """
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ('data', 'fsdp', 'tensor')
+from trainer.config import MESH_AXES as AXES, mesh_shape  # noqa: F401  (the mesh's API)
+from trainer.errors import ConfigError
+
 BATCH = ('data', 'fsdp')  # The batch is split over both data-parallel axes.
 
 # Each rule set is complete: a logical name absent from it is replicated.
@@ -39,28 +39,6 @@ RULES = {
 }
 
 
-def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-  """Resolves (data, fsdp, tensor) from config; one axis may be -1."""
-  from trainer.config import ConfigError
-  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
-  free = [i for i, s in enumerate(sizes) if s == -1]
-  bad = [AXES[i] for i, s in enumerate(sizes) if s == 0 or s < -1]
-  if bad or len(free) > 1:
-    raise ConfigError(f'--config.mesh: axis sizes {dict(zip(AXES, sizes))} must be positive, '
-                      'with at most one -1 (takes the remaining devices)')
-  known = math.prod(s for s in sizes if s != -1)
-  if free:
-    if num_devices % known:
-      raise ConfigError(f'--config.mesh: fixed axes multiply to {known}, which does not divide '
-                        f'the {num_devices} devices')
-    sizes[free[0]] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ConfigError(f'--config.mesh: data x fsdp x tensor = {" x ".join(map(str, sizes))} = '
-                      f'{math.prod(sizes)}, but there are {num_devices} devices; make the '
-                      'product equal the device count or set one axis to -1')
-  return tuple(sizes)
-
-
 def make_mesh(shape: tuple[int, int, int], devices=None, slices: int = 1) -> Mesh:
   """A mesh with automatic (GSPMD) sharding propagation over the given devices.
 
@@ -78,7 +56,6 @@ def make_mesh(shape: tuple[int, int, int], devices=None, slices: int = 1) -> Mes
 
 
 def _hybrid_grid(shape, devices, slices: int) -> np.ndarray:
-  from trainer.config import ConfigError
   found = {getattr(d, 'slice_index', None) for d in devices}
   if None in found or len(found) != slices:
     what = 'no slice_index' if None in found else f'{len(found)} slice(s)'
