@@ -10,7 +10,7 @@ import json
 import sys
 
 from trainer import config as config_lib
-from trainer import distributed
+from trainer import distributed, storage
 
 _OVERRIDE = '--config.'
 
@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except storage.StorageError as e:  # Storage failed mid-run; what was committed is kept.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
 
 
 if __name__ == '__main__':
