@@ -62,6 +62,28 @@ def test_missing_bucket_is_one_line_before_compiling(gcs, tmp_path):
   assert 'error: --output=gs://no-such-bucket/data is not writable' in out.stderr
 
 
+def test_metrics_on_bucket_rewrite_and_trim(gcs, monkeypatch):
+  for key, value in gcs.env.items():
+    monkeypatch.setenv(key, value)
+  from trainer import metrics, storage
+  line = lambda step: json.dumps({'step': step, 'loss': 1.0 / step}) + '\n'
+  writer = storage.Appendable('gs://bkt/m/metrics.jsonl')
+  writer.append(line(1))
+  writer.append(line(2))
+  assert 'm/metrics.jsonl' not in gcs.objects('m/')  # Held back: one PUT per few seconds.
+  writer.append(line(3), flush=True)
+  writer.append(line(4))
+  assert gcs.read('m/metrics.jsonl').decode() == line(1) + line(2) + line(3)
+  writer.close()
+  assert [r['step'] for r in metrics.read_records('gs://bkt/m')] == [1, 2, 3, 4]
+  metrics.keep_until('gs://bkt/m', 2)  # What a resume from step 2 does.
+  assert gcs.read('m/metrics.jsonl').decode() == line(1) + line(2)
+  writer = storage.Appendable('gs://bkt/m/metrics.jsonl')
+  writer.append(line(3))
+  writer.close()
+  assert gcs.read('m/metrics.jsonl').decode() == line(1) + line(2) + line(3)
+
+
 # ---- one run on the bucket: kill -9, resume, report, export -----------------------------------
 
 FLAGS = ['--config.train.steps=20', '--config.checkpoint.every=5', '--config.train.log_every=1']
