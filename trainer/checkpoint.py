@@ -4,8 +4,10 @@ A checkpoint step directory holds three items: ``state`` (the TrainState: step,
 params, optimizer state, RNG key), ``data`` (each process's grain iterator
 position, one JSON file per process) and ``config`` (the resolved config, JSON,
 readable without this code).
-Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and renames on commit, so a
-save cut short by kill -9 is never mistaken for a checkpoint.
+Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and renames on commit (on object
+stores, which cannot rename, it writes ``STEP/commit_success.txt`` last), so a save
+cut short by kill -9 is never mistaken for a checkpoint. The workdir may be a URL
+(``gs://``); see storage.py.
 """
 from __future__ import annotations
 

@@ -147,7 +147,8 @@ def open_prepared(path: str) -> tuple[dict, dict]:
                       f'--output {path}')
   import tensorflow_datasets as tfds
   stats = json.loads(storage.read_text(stats_path))
-  return stats, tfds.builder_from_directory(path).as_data_source()
+  local = storage.local_dir(path)  # array_record reads local files only.
+  return stats, tfds.builder_from_directory(local).as_data_source()
 
 
 def open_tfds(name: str, data_dir: str) -> tuple[dict, str]:

@@ -13,6 +13,7 @@ and no directories, so three choices are made here (docs/design.md says why):
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -176,6 +177,29 @@ def local_copy(path: str):
     with open(local, 'wb') as f:
       f.write(read_bytes(path))
     yield local
+
+
+def local_dir(path: str) -> str:
+  """A local directory holding ``path``'s tree: ``path`` itself, or a download of a URL.
+
+  For readers that open files by local name (array_record's C++ reader cannot open
+  gs:// names); the copy lives in a temporary folder removed at exit.
+  """
+  if not is_remote(path):
+    return path
+  local = tempfile.mkdtemp(prefix='trainer-data-')
+  atexit.register(shutil.rmtree, local, ignore_errors=True)
+  pending = [(_p(path), local)]
+  while pending:
+    remote, target = pending.pop()
+    for child in remote.iterdir():
+      if child.is_dir():
+        os.makedirs(os.path.join(target, child.name), exist_ok=True)
+        pending.append((child, os.path.join(target, child.name)))
+      else:
+        with open(os.path.join(target, child.name), 'wb') as f:
+          f.write(child.read_bytes())
+  return local
 
 
 class Appendable:
