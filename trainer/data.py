@@ -167,6 +167,8 @@ def open_tfds(name: str, data_dir: str) -> tuple[dict, str]:
                         f'({type(e).__name__}); build it with `tfds build {name} '
                         '--file_format=array_record` and pass its data_dir as --config.data.path'
                         ) from None
+  if storage.is_remote(str(builder.data_dir)):  # array_record reads local files only.
+    builder = tfds.builder_from_directory(storage.local_dir(str(builder.data_dir)))
   features = builder.info.features
   text = [k for k, v in features.items() if isinstance(v, tfds.features.Text)]
   if not text:
