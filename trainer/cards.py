@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
-from trainer import metrics, model, report
+from trainer import metrics, model, report, storage
 
 _USE = """## Intended use
 Research on language-model pretraining: studying training dynamics, scaling, and the
@@ -47,10 +46,9 @@ def _flatten(d: dict, prefix: str = '') -> list[tuple[str, object]]:
 
 
 def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def _architecture(cfg, mcfg) -> list[tuple[str, object]]:
@@ -102,7 +100,7 @@ def _evaluation(s: dict, records: list[dict]) -> list[tuple[str, object]]:
 def model_card(workdir: str, cfg) -> str:
   records = report.load(workdir)
   s = report.summary(records)
-  acct = _read_json(os.path.join(workdir, metrics.ACCOUNTING))
+  acct = _read_json(storage.join(workdir, metrics.ACCOUNTING))
   mcfg = model.ModelConfig.from_config(cfg.model)
   o, t = cfg.optim, cfg.train
   training = [('steps', f"{s['steps']:,}"), ('batch', f'{t.batch_size} x {t.seq_len} tokens'),
@@ -126,7 +124,7 @@ def data_card(workdir: str, cfg) -> str:
   s = report.summary(report.load(workdir))
   if d.path:
     source = f'prepared dataset at `{d.path}`'
-    stats = _read_json(os.path.join(d.path, 'stats.json'))
+    stats = _read_json(storage.join(d.path, 'stats.json'))
   else:
     source = ("the embedded default corpus: the Python standard library's source files, read "
               f'as bytes (first {d.max_bytes:,} bytes; every {d.val_every_nth_file}th file held '
@@ -148,11 +146,10 @@ def data_card(workdir: str, cfg) -> str:
 
 def write(out_dir: str, workdir: str, cfg) -> list[str]:
   """Writes MODEL_CARD.md and DATA_CARD.md into ``out_dir``; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   paths = []
   for name, render in (('MODEL_CARD.md', model_card), ('DATA_CARD.md', data_card)):
-    path = os.path.join(out_dir, name)
-    with open(path, 'w') as f:
-      f.write(render(workdir, cfg) + '\n')
+    path = storage.join(out_dir, name)
+    storage.write_text(path, render(workdir, cfg) + '\n')
     paths.append(path)
   return paths

@@ -4,14 +4,15 @@ A checkpoint step directory holds three items: ``state`` (the TrainState: step,
 params, optimizer state, RNG key), ``data`` (each process's grain iterator
 position, one JSON file per process) and ``config`` (the resolved config, JSON,
 readable without this code).
-Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and renames on commit, so a
-save cut short by kill -9 is never mistaken for a checkpoint.
+Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and renames on commit (on object
+stores, which cannot rename, it writes ``STEP/commit_success.txt`` last), so a save
+cut short by kill -9 is never mistaken for a checkpoint. The workdir may be a URL
+(``gs://``); see storage.py.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import threading
 
@@ -20,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from trainer import config as config_lib
+from trainer import storage
 
 # Model fields that define parameter shapes or the function computed; a resumed run
 # or an imported checkpoint must agree on all of them (dropout, dtype, remat may change).
@@ -35,15 +37,10 @@ class CheckpointError(config_lib.ConfigError):
 def ensure_writable(workdir: str):
   """Creates the workdir and proves a file can be written there, before anything compiles."""
   # One probe per process: processes sharing a workdir must not remove each other's.
-  probe = os.path.join(workdir, f'.write-test-{jax.process_index()}')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise CheckpointError(f'--workdir={workdir} is not writable ({e.strerror}); '
-                          'choose a directory you can write to') from None
+    storage.probe(workdir, f'.write-test-{jax.process_index()}')
+  except storage.UnusableError as e:
+    raise CheckpointError(f'--workdir={e}') from None
 
 
 def architecture_mismatch(saved_model: dict, model_cfg) -> tuple | None:
@@ -59,12 +56,19 @@ class Checkpoints:
 
   def __init__(self, workdir: str, cfg):
     self.cfg = cfg
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = storage.join(storage.absolute(workdir), 'checkpoints')
     c = cfg.checkpoint
+    remote = storage.is_remote(self.directory)
+    # On object stores the step directory is made before save() returns: made in the
+    # background, a lost bucket would surface only when orbax's signal wait times out (minutes).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=c.keep or None, keep_period=c.keep_every or None,
-        enable_async_checkpointing=True, create=True)
-    handlers = {'state': ocp.StandardCheckpointHandler(),
+        enable_async_checkpointing=True, create=True,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=not remote))
+    # On object stores, one zarr array per leaf instead of OCDBT: OCDBT commits its manifest
+    # with generation-conditional writes, which storage emulators get wrong (docs/design.md).
+    ocdbt = not remote
+    handlers = {'state': ocp.StandardCheckpointHandler(use_ocdbt=ocdbt),
                 'data': grain.checkpoint.CheckpointHandler(),
                 'config': ocp.JsonCheckpointHandler()}
     try:
@@ -75,7 +79,7 @@ class Checkpoints:
     self.last_saved = self.manager.latest_step()
 
   def path(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return storage.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
     """The newest committed step (half-written saves are ignored)."""
@@ -99,7 +103,7 @@ class Checkpoints:
                             f'there, {now!r} now); use another --workdir or set '
                             f'--config.model.{key}={was}')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    moved = data_iter is not None and not os.path.exists(self._data_file(step))
+    moved = data_iter is not None and not storage.exists(self._data_file(step))
     if data_iter is not None and not moved:  # Repositioned in place.
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
@@ -114,7 +118,7 @@ class Checkpoints:
 
   def _data_file(self, step: int) -> str:
     name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    return os.path.join(self.path(step), 'data', name)
+    return storage.join(self.path(step), 'data', name)
 
   def _shared_data_state(self, step: int) -> dict:
     """The data position saved by another number of processes, if they all agree.
@@ -122,12 +126,12 @@ class Checkpoints:
     Every process slices the same shuffled order and has taken the same number of
     batches, so one position serves any process count (the global batches stay the same).
     """
-    folder = os.path.join(self.path(step), 'data')
-    names = sorted(n for n in os.listdir(folder) if n.startswith('process_')) if os.path.isdir(folder) else []
+    folder = storage.join(self.path(step), 'data')
+    names = [n for n in storage.listdir(folder) if n.startswith('process_')]
     states = set()
     for name in names:
-      with open(os.path.join(folder, name)) as f:
-        states.add(json.dumps(json.load(f), sort_keys=True))
+      states.add(json.dumps(json.loads(storage.read_text(storage.join(folder, name))),
+                            sort_keys=True))
     if len(states) != 1:
       raise CheckpointError(f'{folder}: no data position that {jax.process_count()} process(es) '
                             f'can share ({len(names)} files, {len(states)} different); resume '
@@ -142,15 +146,29 @@ class Checkpoints:
     """Starts an async save; returns once the state is copied off the devices."""
     if step == self.last_saved:
       return
-    self.manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iter),  # Written before save() returns.
-        config=ocp.args.JsonSave(self.cfg.to_dict())))
+    with self._storage_errors(f'saving step {step}'):  # Also reports the previous async save.
+      self.manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iter),  # Written before save() returns.
+          config=ocp.args.JsonSave(self.cfg.to_dict())))
     self.last_saved = step
 
   def wait(self):
     """Blocks until every started save has committed."""
-    self.manager.wait_until_finished()
+    with self._storage_errors(f'saving step {self.last_saved}'):
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _storage_errors(self, what: str):
+    """A failed write (storage gone, disk full) becomes one line naming the last good step."""
+    try:
+      yield
+    except Exception as e:  # Orbax and tensorstore raise many types from their threads.
+      good = self.manager.latest_step()
+      last = 'none' if good is None else self.path(good)
+      raise storage.StorageError(f'{self.directory}: {what} failed ({storage.first_line(e)}); '
+                                 f'last committed checkpoint: {last}; the run resumes from it '
+                                 'once the storage is back') from None
 
   def close(self):
     self.manager.close()
@@ -164,8 +182,8 @@ def _first_line(e: Exception) -> str:
 def latest(workdir: str, devices=None):
   """(config, step, state) of the newest checkpoint in ``workdir``, on a mesh that fits ``devices``."""
   from trainer import train  # Local import: train pulls in the model.
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = storage.join(workdir, 'checkpoints')
+  if not storage.isdir(directory):
     raise CheckpointError(f'{directory}: no such directory; train first or fix --workdir')
   probe = Checkpoints(workdir, config_lib.default_config())
   step = probe.latest_step()

@@ -10,7 +10,7 @@ import json
 import sys
 
 from trainer import config as config_lib
-from trainer import distributed
+from trainer import distributed, storage
 from trainer.spec import Key, add_flag
 
 _OVERRIDE = '--config.'
@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     message = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
     print(f'error: {message}', file=sys.stderr)
     return 2
+  except storage.StorageError as e:  # Storage failed mid-run; what was committed is kept.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
 
 
 if __name__ == '__main__':

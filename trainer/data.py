@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import pathlib
 import sysconfig
 
@@ -25,6 +24,7 @@ import grain
 import jax
 import numpy as np
 
+from trainer import storage
 from trainer import tokenizer as tokenizer_lib
 from trainer.config import ConfigError
 from trainer.tokenizer import ByteTokenizer  # noqa: F401  (kept importable from here)
@@ -140,15 +140,15 @@ class Streams:
 
 def open_prepared(path: str) -> tuple[dict, dict]:
   """(stats.json, {split: data source}) of a ``trainer prepare`` directory."""
-  stats_path = os.path.join(path, 'stats.json')
-  if not os.path.isfile(stats_path) or not os.path.isfile(os.path.join(path, 'dataset_info.json')):
+  stats_path = storage.join(path, 'stats.json')
+  if not storage.isfile(stats_path) or not storage.isfile(storage.join(path, 'dataset_info.json')):
     raise ConfigError(f'--config.data.path={path!r} is not a prepared dataset (no stats.json and '
                       f'dataset_info.json); create one with: trainer prepare --input FILES '
                       f'--output {path}')
   import tensorflow_datasets as tfds
-  with open(stats_path) as f:
-    stats = json.load(f)
-  return stats, tfds.builder_from_directory(path).as_data_source()
+  stats = json.loads(storage.read_text(stats_path))
+  local = storage.local_dir(path)  # array_record reads local files only.
+  return stats, tfds.builder_from_directory(local).as_data_source()
 
 
 def open_tfds(name: str, data_dir: str) -> tuple[dict, str]:
@@ -167,6 +167,8 @@ def open_tfds(name: str, data_dir: str) -> tuple[dict, str]:
                         f'({type(e).__name__}); build it with `tfds build {name} '
                         '--file_format=array_record` and pass its data_dir as --config.data.path'
                         ) from None
+  if storage.is_remote(str(builder.data_dir)):  # array_record reads local files only.
+    builder = tfds.builder_from_directory(storage.local_dir(str(builder.data_dir)))
   features = builder.info.features
   text = [k for k, v in features.items() if isinstance(v, tfds.features.Text)]
   if not text:

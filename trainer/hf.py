@@ -7,12 +7,12 @@ or unpickles anything (safetensors only).
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 from flax import linen as nn
 
+from trainer import storage
 from trainer.config import ConfigError
 from trainer.model import ModelConfig, abstract_params
 
@@ -251,27 +251,27 @@ def _to_numpy(params):
 # ---- directories -------------------------------------------------------------------------------
 
 def load_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-  """(config.json, tensors) of a local Hugging Face directory; safetensors only, never pickle."""
+  """(config.json, tensors) of a Hugging Face directory (local or a URL); safetensors only."""
   from safetensors.numpy import load_file
-  config_path = os.path.join(path, 'config.json')
-  if not os.path.isfile(config_path):
+  config_path = storage.join(path, 'config.json')
+  if not storage.isfile(config_path):
     raise ConversionError(f'{path}: no config.json; give a Hugging Face model directory')
-  with open(config_path) as f:
-    config = json.load(f)
-  single = os.path.join(path, 'model.safetensors')
-  index = os.path.join(path, 'model.safetensors.index.json')
-  if os.path.isfile(single):
+  config = json.loads(storage.read_text(config_path))
+  single = storage.join(path, 'model.safetensors')
+  index = storage.join(path, 'model.safetensors.index.json')
+  if storage.isfile(single):
     files = [single]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = sorted({os.path.join(path, n) for n in json.load(f)['weight_map'].values()})
+  elif storage.isfile(index):
+    weight_map = json.loads(storage.read_text(index))['weight_map']
+    files = sorted({storage.join(path, n) for n in weight_map.values()})
   else:
     raise ConversionError(f'{path}: no model.safetensors (or index); pickled .bin weights are not '
                           'read, re-save them with save_pretrained(safe_serialization=True)')
   tensors = {}
   for name in files:
     try:
-      tensors.update(load_file(name))
+      with storage.local_copy(name) as local:  # safetensors memory-maps a local file.
+        tensors.update(load_file(local))
     except Exception as e:  # safetensors raises its own error types for torn files.
       raise ConversionError(f'{name}: unreadable safetensors ({type(e).__name__}: {e})') from None
   return config, tensors
@@ -296,16 +296,18 @@ def load_params(spec: str, setup):
 
 def save_dir(path: str, params, cfg: ModelConfig):
   """Writes config.json and model.safetensors that transformers' from_pretrained loads."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
   config = hf_config(cfg)
   tensors = params_to_hf(params, cfg)
   for name in ('config.json', 'model.safetensors'):
-    if os.path.exists(os.path.join(path, name)):
+    if storage.exists(storage.join(path, name)):
       raise ConversionError(f'{path} already holds {name}; export to a new directory')
   try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise ConversionError(f'{path}: cannot create the directory ({e.strerror})') from None
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    json.dump({**config, 'torch_dtype': 'float32'}, f, indent=2)
-  save_file(tensors, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})
+    storage.probe(path, '.write-test')  # Creates a local directory; never a bucket.
+  except storage.UnusableError as e:
+    raise ConversionError(str(e)) from None
+  # config.json last: load_dir looks for it first, so a torn export is never taken as whole.
+  storage.write_bytes(storage.join(path, 'model.safetensors'),
+                      save(tensors, metadata={'format': 'pt'}))
+  storage.write_text(storage.join(path, 'config.json'),
+                     json.dumps({**config, 'torch_dtype': 'float32'}, indent=2))

@@ -1,14 +1,14 @@
 """Throughput, MFU, goodput, dollars and carbon per record, and where records go.
 
 Records go to ``WORKDIR/metrics.jsonl`` (one JSON object a line, always), TensorBoard
-event files in ``WORKDIR/tb``, Weights & Biases when enabled, and the console.
+event files in ``WORKDIR/tb``, Weights & Biases when enabled, and the console. On object
+storage metrics.jsonl is rewritten whole rather than appended (see storage.Appendable).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from trainer import hardware, model
+from trainer import hardware, model, storage
 
 
 def measure_peak_flops(dtype: str, size: int = 2048, repeats: int = 3) -> float:
@@ -38,11 +38,10 @@ ACCOUNTING = 'accounting.json'
 
 def read_records(workdir: str) -> list[dict]:
   """The records of ``WORKDIR/metrics.jsonl`` (empty if there is none)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = storage.join(workdir, 'metrics.jsonl')
+  if not storage.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 class Goodput:
@@ -128,8 +127,7 @@ class Accountant:
 
   def save(self, workdir: str):
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, ACCOUNTING), 'w') as f:
-        json.dump(self.describe(), f, indent=1)
+      storage.write_text(storage.join(workdir, ACCOUNTING), json.dumps(self.describe(), indent=1))
 
   def fields(self, step: int, tokens_per_sec: float, wall_s: float) -> dict:
     tokens = step * self.tokens_per_step
@@ -147,19 +145,26 @@ class Accountant:
 
 
 class Writer:
-  """Appends metrics lines; only process 0 writes."""
+  """Appends metrics lines; only process 0 writes.
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+  On object storage the file is rewritten every few seconds; a checkpoint step's line
+  (and the last) is written at once, so a checkpoint never outlives its metrics.
+  """
+
+  def __init__(self, workdir: str, checkpoint_every: int = 0):
+    self.path = storage.join(workdir, 'metrics.jsonl')
     self.active = jax.process_index() == 0
+    self.every = checkpoint_every
+    self.file = storage.Appendable(self.path) if self.active else None
 
   def write(self, record: dict):
     if self.active:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+      urgent = bool(self.every) and record['step'] % self.every == 0
+      self.file.append(json.dumps(record) + '\n', flush=urgent)
 
   def close(self):
-    pass
+    if self.active:
+      self.file.close()
 
 
 class TensorBoardWriter:
@@ -167,16 +172,20 @@ class TensorBoardWriter:
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter
-    self.writer = SummaryWriter(os.path.join(workdir, 'tb'))
+    # tensorboardX's own gs:// writer fails; it writes locally and the files are copied up.
+    self.dir = storage.MirroredDir(storage.join(workdir, 'tb'))
+    self.writer = SummaryWriter(self.dir.local)
 
   def write(self, record: dict):
     for key, value in record.items():
       if key != 'step' and isinstance(value, (int, float)):
         self.writer.add_scalar(key, value, record['step'])
     self.writer.flush()
+    self.dir.sync()
 
   def close(self):
     self.writer.close()
+    self.dir.close()
 
 
 class WandbWriter:
@@ -184,7 +193,8 @@ class WandbWriter:
 
   def __init__(self, project: str, workdir: str, cfg):
     import wandb
-    self.run = wandb.init(project=project, dir=workdir, config=cfg.to_dict())
+    local = None if storage.is_remote(workdir) else workdir  # wandb keeps its files locally.
+    self.run = wandb.init(project=project, dir=local, config=cfg.to_dict())
 
   def write(self, record: dict):
     self.run.log({k: v for k, v in record.items() if k != 'step'}, step=record['step'])
@@ -195,7 +205,7 @@ class WandbWriter:
 
 def writers(cfg, workdir: str) -> list:
   """JSON Lines always; TensorBoard and W&B as configured. Only process 0 writes."""
-  out = [Writer(workdir)]
+  out = [Writer(workdir, cfg.checkpoint.every)]
   if jax.process_index() != 0:
     return out
   if cfg.log.tensorboard:
@@ -270,11 +280,10 @@ def format_line(r: dict) -> str:
 
 def keep_until(workdir: str, step: int):
   """Drops lines after ``step`` (and a torn last line): a resumed run never repeats a step."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if jax.process_index() != 0 or not os.path.exists(path):
+  path = storage.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not storage.exists(path):
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = storage.read_text(path).splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -283,7 +292,5 @@ def keep_until(workdir: str, step: int):
       continue  # A line cut short by a kill.
     if record.get('step', 0) <= step:
       kept.append(line if line.endswith('\n') else line + '\n')
-  if kept != lines:
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(kept)
-    os.replace(path + '.tmp', path)
+  if kept != lines:  # One whole-file write: a rename locally, one PUT on object storage.
+    storage.write_text(path, ''.join(kept))

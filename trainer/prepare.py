@@ -11,7 +11,9 @@ The output is an array_record TFDS dataset (``tfds.builder_from_directory(DIR)``
 reads it, without TensorFlow) plus ``stats.json``. Everything is built in a hidden
 sibling directory and renamed into place at the end, so an interrupted run never
 leaves a directory that looks finished, and an existing one is replaced only with
-``overwrite``.
+``overwrite``. On object storage (no rename) it is built in a local temporary
+directory and uploaded with ``stats.json`` last: readers take a directory without
+``stats.json`` as unfinished (storage.upload_dir).
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 
 import numpy as np
 
-from trainer import corpus, dedup
+from trainer import corpus, dedup, storage
 from trainer import tokenizer as tokenizer_lib
 from trainer.config import ConfigError
 
@@ -82,8 +85,7 @@ class TokenStore:
 
 
 def _validate(opts: Options):
-  out = pathlib.Path(opts.output)
-  if out.exists() and not opts.overwrite:
+  if storage.exists(opts.output) and not opts.overwrite:
     raise ConfigError(f'--output: {opts.output!r} already exists; pass --overwrite to replace it '
                       'or choose another directory')
   if not 0 <= opts.val_fraction < 1:
@@ -210,8 +212,14 @@ def _build_tfds(stores: dict, tokenizer, data_dir: pathlib.Path, dtype) -> pathl
   return pathlib.Path(builder.data_dir)
 
 
-def _move_into_place(built: pathlib.Path, out: pathlib.Path, work: pathlib.Path):
+def _move_into_place(built: pathlib.Path, out: str, work: pathlib.Path):
   """Renames the finished dataset to ``out``; an old ``out`` is removed only after that."""
+  if storage.is_remote(out):  # No rename: the old copy goes first, stats.json arrives last.
+    storage.remove(storage.join(out, 'stats.json'))
+    storage.rmtree(out)
+    storage.upload_dir(str(built), out, last=('stats.json',))
+    return
+  out = pathlib.Path(out)
   old = work / 'replaced'
   if out.exists():
     out.rename(old)
@@ -224,10 +232,18 @@ def prepare(opts: Options, say=print) -> dict:
   started = time.perf_counter()
   tokenizer = tokenizer_lib.get(opts.tokenizer, opts.bpe_dir or None)
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-  out = pathlib.Path(opts.output).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  work = out.parent / f'.{out.name}.incomplete-{os.getpid()}'
-  work.mkdir()
+  out = storage.absolute(opts.output)
+  if storage.is_remote(out):
+    try:
+      storage.probe(out, '.write-test')  # A missing bucket fails now, not after the work.
+    except storage.UnusableError as e:
+      raise ConfigError(f'--output={e}') from None
+    work = pathlib.Path(tempfile.mkdtemp(prefix='trainer-prepare-'))
+  else:
+    parent = pathlib.Path(out).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = parent / f'.{pathlib.Path(out).name}.incomplete-{os.getpid()}'
+    work.mkdir()
   try:
     stores = {s: TokenStore(work / f'{s}.bin', dtype) for s in SPLITS}
     cleaner = Cleaner(opts, tokenizer, stores)

@@ -1,9 +1,10 @@
 """``trainer report WORKDIR``: a run's summary table and plots, from its metrics.jsonl."""
 from __future__ import annotations
 
-import os
+import io
 import statistics
 
+from trainer import storage
 from trainer.config import ConfigError
 
 PLOTS = ('loss.png', 'throughput.png')
@@ -12,7 +13,7 @@ PLOTS = ('loss.png', 'throughput.png')
 def load(workdir: str) -> list[dict]:
   """The run's records; a workdir without any is a ConfigError."""
   from trainer import metrics
-  if not os.path.isdir(workdir):
+  if not storage.isdir(workdir):
     raise ConfigError(f'report: no such directory {workdir!r}; give a trainer train --workdir')
   records = metrics.read_records(workdir)
   if not records:
@@ -59,12 +60,20 @@ def format_summary(s: dict) -> str:
   return '\n'.join(f'{k:<11} {v}' for k, v in rows)
 
 
+def _save_png(fig, path: str):
+  from matplotlib import pyplot as plt
+  buffer = io.BytesIO()  # Rendered in memory: the path may be a URL.
+  fig.savefig(buffer, format='png', dpi=100, bbox_inches='tight')
+  plt.close(fig)
+  storage.write_bytes(path, buffer.getvalue())
+
+
 def plot(records: list[dict], out_dir: str) -> list[str]:
   """Loss against tokens; tokens/s and MFU against step. Returns the PNG paths."""
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   tokens = [r.get('tokens', r['step']) for r in records]
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.plot(tokens, [r['loss'] for r in records], label='train')
@@ -74,9 +83,8 @@ def plot(records: list[dict], out_dir: str) -> list[str]:
   ax.set(xlabel='tokens' if 'tokens' in records[-1] else 'step', ylabel='loss',
          title='Loss against tokens')
   ax.legend()
-  loss_path = os.path.join(out_dir, PLOTS[0])
-  fig.savefig(loss_path, dpi=100, bbox_inches='tight')
-  plt.close(fig)
+  loss_path = storage.join(out_dir, PLOTS[0])
+  _save_png(fig, loss_path)
 
   steps = [r['step'] for r in records]
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
@@ -84,9 +92,8 @@ def plot(records: list[dict], out_dir: str) -> list[str]:
   top.set(ylabel='tokens/s', title='Throughput and MFU')
   bottom.plot(steps, [100 * r['mfu'] for r in records])
   bottom.set(xlabel='step', ylabel='MFU (%)')
-  speed_path = os.path.join(out_dir, PLOTS[1])
-  fig.savefig(speed_path, dpi=100, bbox_inches='tight')
-  plt.close(fig)
+  speed_path = storage.join(out_dir, PLOTS[1])
+  _save_png(fig, speed_path)
   return [loss_path, speed_path]
 
 
@@ -95,6 +102,6 @@ def report(workdir: str, plots: bool = True) -> str:
   records = load(workdir)
   text = format_summary(summary(records))
   if plots:
-    paths = plot(records, os.path.join(workdir, 'plots'))
+    paths = plot(records, storage.join(workdir, 'plots'))
     text += '\nplots       ' + ', '.join(paths)
   return text
