@@ -66,8 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 2e-3                # Peak learning rate.
   o.warmup_steps = 30        # Linear warmup from 0.
-  o.schedule = 'cosine'      # Decay after warmup: 'cosine', 'linear' or 'constant'.
+  o.schedule = 'cosine'      # Decay after warmup: 'cosine', 'linear', 'constant' or 'wsd'
+                             # (warmup-stable-decay: the peak, then a linear decay at the end).
+  o.decay_steps = 0          # 'wsd': steps of the final decay (0: a fifth of train.steps).
   o.min_lr_ratio = 0.1       # Final learning rate as a fraction of the peak.
+  o.allow_lr_change = False  # Resume even if the schedule now gives the next step another rate.
   o.b1 = 0.9
   o.b2 = 0.95
   o.eps = 1e-8
@@ -206,7 +209,7 @@ _CHOICES = {
     'model.activation': ('gelu_tanh', 'relu'),
     'model.dtype': ('float32', 'bfloat16'),
     'model.remat': ('none', 'dots', 'full'),
-    'optim.schedule': ('cosine', 'linear', 'constant'),
+    'optim.schedule': ('cosine', 'linear', 'constant', 'wsd'),
     'mesh.rules': ('dp', 'fsdp', 'fsdp_tp'),
     'data.tokenizer': ('', 'byte', 'gpt2'),
     'log.progress': ('auto', 'bar', 'lines'),
@@ -239,6 +242,8 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
     _require(m[key] > 0, f'--config.model.{key}={m[key]}: must be positive')
   for key in ('steps', 'batch_size', 'seq_len', 'micro_batches', 'log_every'):
     _require(t[key] > 0, f'--config.train.{key}={t[key]}: must be positive')
+  _require(cfg.optim.decay_steps >= 0, f'--config.optim.decay_steps={cfg.optim.decay_steps}: '
+           'must be 0 (a fifth of train.steps) or positive')
   for key in ('every', 'keep', 'keep_every'):
     _require(cfg.checkpoint[key] >= 0, f'--config.checkpoint.{key}={cfg.checkpoint[key]}: '
              'must be 0 or positive')
