@@ -1,4 +1,4 @@
-"""Loading: packing, per-process shares, exact resume, prepared and TFDS sources, bad paths."""
+"""Loading: packing, one global row order for any process count and batch, prepared and TFDS sources, bad paths."""
 import json
 import os
 import re
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import data, prepare
+from trainer import data, prepare, rows
 from trainer.config import ConfigError
 
 from conftest import DATA, ROOT, tiny_config
@@ -43,38 +43,84 @@ def config(path, **overrides):
 
 
 def test_packing_is_the_documents_joined_by_end_of_text():
-  docs = [np.full(n, 10 + i, np.int32) for i, n in enumerate([3, 1, 9, 4, 15, 2])]
-  ds = data.shard_documents(docs, None, 0, 1).map(lambda d: np.append(d, np.int32(EOT)))
-  batches = list(zip(range(6), data.PackedStream(ds, row_len=7, batch=2).to_iter_dataset()))
-  rows = np.concatenate([b for _, b in batches])
-  assert rows.shape == (12, 7) and rows.dtype == np.int32
-  stream = np.concatenate([np.append(d, EOT) for d in docs] * 3)  # 40 tokens an epoch.
-  np.testing.assert_array_equal(rows.reshape(-1), stream[:84])
-  assert rows[0].tolist() == [10, 10, 10, EOT, 11, EOT, 12]  # Rows cross document ends.
+  docs = [np.append(np.full(n, 10 + i, np.int32), EOT) for i, n in enumerate([3, 1, 9, 4, 15, 2])]
+  lengths = [len(d) for d in docs]
+  packed = rows.Packed(docs, lengths, row_len=7, seed=None)
+  stream = np.concatenate(docs * 3)  # 40 tokens an epoch.
+  got = np.concatenate([packed[i] for i in range(12)])
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, stream[:84])
+  assert packed[0].tolist() == [10, 10, 10, EOT, 11, EOT, 12]  # Rows cross document ends.
+  shuffled = rows.Packed(docs, lengths, row_len=7, seed=3)
+  epochs = [np.concatenate([shuffled[i] for i in range(k * 40, (k + 1) * 40)]) for k in range(2)]
+  assert not np.array_equal(epochs[0], stream[:280]) and not np.array_equal(epochs[0], epochs[1])
+  for epoch in epochs:  # Each epoch (40 rows x 7 = 7 epochs of 40 tokens) holds every document.
+    assert sorted(epoch.tolist()) == sorted(np.concatenate(docs * 7).tolist())
 
 
-def test_process_shares_are_disjoint_and_cover_every_document():
-  source = list(range(20))
-  shares = [data.shard_documents(source, 7, i, 2) for i in range(2)]
-  for epoch in range(2):
-    seen = [[s[epoch * 10 + k] for k in range(10)] for s in shares]
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == source
-  assert [shares[0][k] for k in range(10)] != [shares[0][10 + k] for k in range(10)]  # Reshuffled.
-  with pytest.raises(ConfigError, match='fewer than the 30 processes'):
-    data.shard_documents(source, 7, 0, 30)
+def test_process_shares_are_parts_of_one_global_batch():
+  windows = rows.Windows(np.arange(1000, dtype=np.int32), 4, seed=1)
+  whole = rows.Stream(windows, 8).batches(start=16)
+  for count in (2, 4):
+    shares = [rows.Stream(windows, 8, i, count).batches(start=16) for i in range(count)]
+    for k in range(3):
+      np.testing.assert_array_equal(np.concatenate([s[k] for s in shares]), whole[k])
+  assert whole[0].shape == (8, 5) and not np.array_equal(whole[0], whole[1])
+  # Windows: each epoch (249 windows) is a new permutation of all of them.
+  firsts = [[int(windows[e * 249 + j][0]) // 4 for j in range(249)] for e in range(2)]
+  assert sorted(firsts[0]) == sorted(firsts[1]) == list(range(249)) and firsts[0] != firsts[1]
+  with pytest.raises(ValueError, match='not divisible by 3 processes'):
+    rows.Stream(windows, 8, 0, 3).batches()
 
 
-def test_two_processes_read_disjoint_documents(byte_dir):
+def global_tokens(train, schedule) -> np.ndarray:
+  """Rows a run reads when it changes processes and batch size: [(processes, batch, steps)]."""
+  out, start = [], 0
+  for count, batch, steps in schedule:
+    shares = [rows.Stream(train.rows, batch, i, count).batches(start) for i in range(count)]
+    out += [np.concatenate([s[k] for s in shares]) for k in range(steps)]
+    start += batch * steps
+  return np.concatenate(out)
+
+
+ELASTIC = [(1, 8, 3), (2, 8, 2), (4, 16, 2), (2, 16, 1)]  # 1 -> 2 -> 4 processes, 8 -> 16 rows.
+
+
+def assert_elastic_resume_is_the_same_stream(train):
+  straight = global_tokens(train, [(1, 8, 11)])
+  elastic = global_tokens(train, ELASTIC)
+  assert straight.shape == elastic.shape == (88, train.row_len)
+  assert not np.array_equal(straight[:8], straight[8:16])
+  per_process = global_tokens(train, [(1, 4, 2)])  # Not the same as a batch of 8.
+  assert not np.array_equal(np.concatenate([per_process[:2], per_process[4:6]]), straight[:4])
+  np.testing.assert_array_equal(elastic, straight)
+
+
+def test_elastic_stream_of_a_prepared_dataset(byte_dir):
+  streams = data.load(config(byte_dir))
+  assert isinstance(streams.train.rows, rows.Packed) and streams.train.row_len == 65
+  lengths = np.load(os.path.join(byte_dir, 'lengths_train.npy'))
+  source = data.open_prepared(byte_dir)[1]['train']
+  assert lengths.tolist() == [len(source[i]['tokens']) for i in range(len(source))]
+  assert_elastic_resume_is_the_same_stream(streams.train)
+
+
+def test_elastic_stream_of_the_embedded_corpus():
+  streams = data.load(tiny_config(**{'train.batch_size': 8, 'data.max_bytes': 100_000}))
+  assert isinstance(streams.train.rows, rows.Windows)
+  assert_elastic_resume_is_the_same_stream(streams.train)
+
+
+def test_two_processes_read_disjoint_rows(byte_dir):
   cfg = config(byte_dir)
   streams = [data.load(cfg, process_index=i, process_count=2) for i in range(2)]
-  iters = [iter(s.train.to_iter_dataset()) for s in streams]
-  first = [next(it) for it in iters]
+  first = [s.train.batches()[0] for s in streams]
   assert first[0].shape == first[1].shape == (4, 65)  # Half the global batch of 8 each.
-  docs = [set().union(*(doc_ids(next(it)) for _ in range(3))) for it in iters]
-  assert docs[0] and docs[1] and not docs[0] & docs[1]
-  single = next(iter(data.load(cfg, process_index=0, process_count=1).train.to_iter_dataset()))
-  assert single.shape == (8, 65)
+  single = data.load(cfg, process_index=0, process_count=1).train.batches()[0]
+  assert single.shape == (8, 65) and not np.array_equal(first[0], first[1])
+  np.testing.assert_array_equal(np.concatenate(first), single)
+  with pytest.raises(ConfigError, match='batch_size=8 is not divisible by the 3 processes'):
+    data.load(cfg, process_index=0, process_count=3)
 
 
 def test_iterator_resumes_with_exactly_the_next_batch(byte_dir):
@@ -82,10 +128,8 @@ def test_iterator_resumes_with_exactly_the_next_batch(byte_dir):
   it = iter(data.load(cfg).train.to_iter_dataset())
   for _ in range(40):  # Past the end of the first epoch (about 25 batches).
     next(it)
-  state = json.loads(json.dumps(it.get_state()))  # What a checkpoint stores.
   expected = [next(it) for _ in range(5)]
-  resumed = iter(data.load(cfg).train.to_iter_dataset())
-  resumed.set_state(state)
+  resumed = iter(data.load(cfg).train.to_iter_dataset(start=40 * 8))  # Rows consumed.
   for want in expected:
     np.testing.assert_array_equal(next(resumed), want)
   fresh = next(iter(data.load(cfg).train.to_iter_dataset()))
@@ -147,6 +191,7 @@ def test_tfds_text_source(tmp_path):
   assert 'text number' in joined and 'number 0 ' not in joined  # 0 is the held-out test split.
   assert (batch == EOT).sum() >= 2
   assert bytes(int(t) for t in streams.val[0][0] if t != EOT).decode().startswith('text number 0 ')
+  assert_elastic_resume_is_the_same_stream(streams.train)
   with pytest.raises(ConfigError, match='tfds:no_such_dataset_xyz'):
     data.load(config(str(tmp_path), **{'data.source': 'tfds:no_such_dataset_xyz'}))
 
@@ -205,7 +250,7 @@ print(json.dumps({'index': jax.process_index(), 'local': list(batches[0].shape),
 '''
 
 
-def test_two_real_processes_read_disjoint_shares(byte_dir):
+def test_two_real_processes_read_their_parts_of_the_global_batches(byte_dir):
   import socket
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -221,8 +266,9 @@ def test_two_real_processes_read_disjoint_shares(byte_dir):
     results.append(json.loads(out.splitlines()[-1]))
   assert [r['index'] for r in results] == [0, 1]
   assert all(r['local'] == [4, 65] and r['global'] == [8, 65] for r in results)
-  docs = [set().union(*(doc_ids(np.array(b)) for b in r['rows'])) for r in results]
-  assert docs[0] and docs[1] and not docs[0] & docs[1]
-  # The same shares as the emulated processes of test_two_processes_read_disjoint_documents.
-  emulated = data.load(config(byte_dir), process_index=1, process_count=2)
-  np.testing.assert_array_equal(next(iter(emulated.train.to_iter_dataset())), results[1]['rows'][0])
+  # Together the two real processes read the global batches of one process.
+  single = data.load(config(byte_dir), process_index=0, process_count=1).train.batches()
+  assert not np.array_equal(results[0]['rows'][0], results[1]['rows'][0])
+  for k in range(3):
+    np.testing.assert_array_equal(
+        np.concatenate([results[0]['rows'][k], results[1]['rows'][k]]), single[k])

@@ -98,8 +98,11 @@ def test_every_stage_on_a_mixed_corpus(tmp_path):
   removed = sum(stats[f'removed_{s}_tokens'] for s in
                 ('exact_duplicates', 'near_duplicates', 'short', 'language'))
   assert stats['tokens_in'] == stats['tokens_out'] + removed
-  rows = read_split(out, 'train') + read_split(out, 'validation')
+  splits = {s: read_split(out, s) for s in ('train', 'validation')}
+  rows = splits['train'] + splits['validation']
   assert stats['documents_train'] >= 1 and stats['documents_validation'] >= 1
+  for split, docs in splits.items():  # In the order the dataset stores them (the loader's).
+    assert np.load(out / f'lengths_{split}.npy').tolist() == [len(d) for d in docs]
   assert sorted(bytes(r).decode('utf-8') for r in rows) == sorted(kept)
   assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # No leftovers.
 

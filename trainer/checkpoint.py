@@ -1,9 +1,9 @@
 """Checkpoints in ``WORKDIR/checkpoints/``: Orbax async saves, retention, resume and its checks.
 
 A checkpoint step directory holds three items: ``state`` (the TrainState: step,
-params, optimizer state, RNG key), ``data`` (each process's grain iterator
-position, one JSON file per process) and ``config`` (the resolved config, JSON,
-readable without this code).
+params, optimizer state, RNG key), ``position`` (the data position: rows consumed
+from the global row order of trainer/rows.py, the same for every process, JSON)
+and ``config`` (the resolved config, JSON, readable without this code).
 Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and renames on commit (on object
 stores, which cannot rename, it writes ``STEP/commit_success.txt`` last), so a save
 cut short by kill -9 is never mistaken for a checkpoint. The workdir may be a URL
@@ -12,22 +12,26 @@ cut short by kill -9 is never mistaken for a checkpoint. The workdir may be a UR
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 
-import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from trainer import config as config_lib
-from trainer import storage
+from trainer import optimizer, storage
 
 # Model fields that define parameter shapes or the function computed; a resumed run
 # or an imported checkpoint must agree on all of them (dropout, dtype, remat may change).
 ARCHITECTURE = ('family', 'vocab_size', 'vocab_pad_multiple', 'max_len', 'pos_offset',
                 'embed_dim', 'proj_dim', 'num_layers', 'num_heads', 'mlp_dim', 'activation',
                 'pre_ln', 'final_ln', 'tie_embeddings', 'use_bias', 'ln_eps', 'scan_layers')
+
+
+# Keys that define the learning-rate schedule; a resume may not silently change the next rate.
+SCHEDULE = ('optim.schedule', 'optim.lr', 'optim.warmup_steps', 'optim.min_lr_ratio',
+            'optim.decay_steps', 'train.steps')
 
 
 class CheckpointError(config_lib.ConfigError):
@@ -69,7 +73,7 @@ class Checkpoints:
     # with generation-conditional writes, which storage emulators get wrong (docs/design.md).
     ocdbt = not remote
     handlers = {'state': ocp.StandardCheckpointHandler(use_ocdbt=ocdbt),
-                'data': grain.checkpoint.CheckpointHandler(),
+                'position': ocp.JsonCheckpointHandler(),
                 'config': ocp.JsonCheckpointHandler()}
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -94,62 +98,65 @@ class Checkpoints:
       raise CheckpointError(f'{self.path(step)}: unreadable config ({_first_line(e)}); '
                             'move this step directory away to resume from an earlier one') from None
 
-  def restore(self, step: int, abstract_state, data_iter):
-    """The state at ``step`` laid out as ``abstract_state``; ``data_iter`` is repositioned."""
-    mismatch = architecture_mismatch(self.saved_config(step).get('model', {}), self.cfg.model)
+  def check_resumable(self, step: int):
+    """Stops (exit 2) before a resume that would change the model or, unasked, the next LR."""
+    saved = self.saved_config(step)
+    mismatch = architecture_mismatch(saved.get('model', {}), self.cfg.model)
     if mismatch:
       key, was, now = mismatch
       raise CheckpointError(f'{self.path(step)} holds another model (model.{key} is {was!r} '
                             f'there, {now!r} now); use another --workdir or set '
                             f'--config.model.{key}={was}')
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
-    moved = data_iter is not None and not storage.exists(self._data_file(step))
-    if data_iter is not None and not moved:  # Repositioned in place.
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    old = config_lib.from_dict(saved, f'{self.path(step)} config')
+    change = schedule_change(old, self.cfg, step)
+    if change and not self.cfg.optim.allow_lr_change:
+      raise CheckpointError(f'resuming {self.path(step)} would change the learning rate of step '
+                            f'{step + 1} from {change[0]:.4g} to {change[1]:.4g} ({change[2]}); '
+                            'set them back, or pass --config.optim.allow_lr_change=true')
+
+  def restore(self, step: int, abstract_state):
+    """The state at ``step`` laid out as ``abstract_state`` (any mesh)."""
     try:
-      state = self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+      return self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))['state']
     except Exception as e:  # Orbax raises many types for corrupt or misshaped files.
       raise CheckpointError(f'{self.path(step)}: cannot restore ({_first_line(e)}); use the '
                             'settings it was saved with (see its config/), or move this step '
                             'directory away to resume from an earlier one') from None
-    if moved:
-      data_iter.set_state(self._shared_data_state(step))
-    return state
 
-  def _data_file(self, step: int) -> str:
-    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    return storage.join(self.path(step), 'data', name)
-
-  def _shared_data_state(self, step: int) -> dict:
-    """The data position saved by another number of processes, if they all agree.
-
-    Every process slices the same shuffled order and has taken the same number of
-    batches, so one position serves any process count (the global batches stay the same).
-    """
-    folder = storage.join(self.path(step), 'data')
-    names = [n for n in storage.listdir(folder) if n.startswith('process_')]
-    states = set()
-    for name in names:
-      states.add(json.dumps(json.loads(storage.read_text(storage.join(folder, name))),
-                            sort_keys=True))
-    if len(states) != 1:
-      raise CheckpointError(f'{folder}: no data position that {jax.process_count()} process(es) '
-                            f'can share ({len(names)} files, {len(states)} different); resume '
-                            'with the process count it was saved with')
-    return json.loads(states.pop())
+  def data_position(self, step: int) -> dict:
+    """The rows consumed at ``step`` ({'rows', 'seq_len', 'seed', 'tokens'}), checked against now."""
+    if not storage.exists(storage.join(self.path(step), 'position')):
+      raise CheckpointError(f'{self.path(step)} holds per-process data states from an older '
+                            'version, which this one cannot place; resume it with the version '
+                            'that wrote it, or start a new --workdir')
+    position = self.manager.restore(step, args=ocp.args.Composite(
+        position=ocp.args.JsonRestore()))['position']
+    t = self.cfg.train
+    for key, now in (('train.seq_len', t.seq_len), ('seed', self.cfg.seed)):
+      was = position[key.split('.')[-1]]
+      if was != now:
+        raise CheckpointError(f'{self.path(step)} counts its data position with {key}={was} '
+                              f'({now} now); resume with --config.{key}={was}')
+    return position
 
   def due(self, step: int) -> bool:
     every = self.cfg.checkpoint.every
     return bool(every) and step % every == 0
 
-  def save(self, step: int, state, data_iter):
-    """Starts an async save; returns once the state is copied off the devices."""
+  def save(self, step: int, state, rows: int):
+    """Starts an async save; returns once the state is copied off the devices.
+
+    ``rows``: global rows (sequences) consumed so far, the whole data position.
+    """
     if step == self.last_saved:
       return
+    t = self.cfg.train
+    position = {'rows': rows, 'seq_len': t.seq_len, 'seed': self.cfg.seed,
+                'tokens': rows * t.seq_len}
     with self._storage_errors(f'saving step {step}'):  # Also reports the previous async save.
       self.manager.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iter),  # Written before save() returns.
+          state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position),
           config=ocp.args.JsonSave(self.cfg.to_dict())))
     self.last_saved = step
 
@@ -174,6 +181,21 @@ class Checkpoints:
     self.manager.close()
 
 
+def schedule_change(old, new, step: int) -> tuple | None:
+  """(old lr, new lr, what changed) if the two configs give step ``step + 1`` another rate."""
+  rates = [float(optimizer.schedule(c.optim, c.train.steps)(step)) for c in (old, new)]
+  if np.isclose(rates[0], rates[1], rtol=1e-6, atol=0):
+    return None
+  keys = [k for k in SCHEDULE if _get(old, k) != _get(new, k)]
+  what = ', '.join(f'{k} is {_get(old, k)!r} there, {_get(new, k)!r} now' for k in keys)
+  return rates[0], rates[1], what or 'the schedule code changed'
+
+
+def _get(cfg, key: str):
+  section, leaf = key.split('.')
+  return cfg[section][leaf]
+
+
 def _first_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
   return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
@@ -194,7 +216,7 @@ def latest(workdir: str, devices=None):
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.rules = 1, -1, 1, 'dp'
   setup = train.build(cfg, devices)
   probe.cfg = cfg
-  state = probe.restore(step, setup.abstract_state(), None)
+  state = probe.restore(step, setup.abstract_state())
   probe.close()
   return cfg, step, state
 

@@ -76,8 +76,11 @@ def _declare() -> ml_collections.ConfigDict:
   c.optim = o = ml_collections.ConfigDict()
   o.lr = Key(2e-3, gt=0)         # Peak learning rate.
   o.warmup_steps = Key(30, ge=0)  # Linear warmup from 0.
-  o.schedule = Key('cosine', choices=('cosine', 'linear', 'constant'))  # Decay after warmup.
+  o.schedule = Key('cosine', choices=('cosine', 'linear', 'constant', 'wsd'))  # Decay after
+                             # warmup; wsd (warmup-stable-decay): the peak, then a linear decay.
+  o.decay_steps = Key(0, ge=0)   # 'wsd': steps of the final decay (0: a fifth of train.steps).
   o.min_lr_ratio = Key(0.1, ge=0, le=1)  # Final learning rate as a fraction of the peak.
+  o.allow_lr_change = Key(False)  # Resume even if the schedule now gives the next step another rate.
   o.b1 = Key(0.9, ge=0, lt=1)
   o.b2 = Key(0.95, ge=0, lt=1)
   o.eps = Key(1e-8, ge=1e-30)    # Below ~1e-38 float32 makes it 0, and a zero gradient 0/0.

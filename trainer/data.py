@@ -3,28 +3,29 @@
 The embedded default corpus is the running interpreter's own standard library:
 real text that exists wherever Python does, so the first run needs no download.
 Documents are joined with the end-of-text token and cut into windows of
-``seq_len + 1`` tokens; grain shuffles them per epoch, gives each process its
-share, and its iterator state is small enough to live in a checkpoint.
+``seq_len + 1`` tokens, shuffled with the seed afresh each epoch.
 
 A prepared dataset (``trainer prepare``, ``--config.data.path``) or a TFDS text
 dataset (``--config.data.source=tfds:NAME``) is read document by document: the
-documents are shuffled with the seed (afresh each epoch), each process takes every
-``process_count``-th one, and grain's concat-then-split packing joins them, each
-ending with end-of-text, into rows of ``seq_len + 1`` tokens.
+documents, each ending with end-of-text, are shuffled with the seed (afresh each
+epoch), joined and cut into rows of ``seq_len + 1`` tokens.
+
+Either way the rows form one global order (trainer/rows.py): each process reads its
+part of each global batch, and the data position is the number of rows consumed,
+valid for any process count and batch size.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import pathlib
 import sysconfig
 
-import grain
 import jax
 import numpy as np
+from etils import epath
 
-from trainer import storage
+from trainer import rows, storage
 from trainer import tokenizer as tokenizer_lib
 from trainer.config import ConfigError
 from trainer.tokenizer import ByteTokenizer  # noqa: F401  (kept importable from here)
@@ -61,81 +62,11 @@ def stdlib_corpus(max_bytes: int, val_every_nth_file: int, tokenizer=ByteTokeniz
           join([d for i, d in enumerate(docs) if i in held_out]))
 
 
-class Windows:
-  """Non-overlapping windows of ``length + 1`` tokens from one long token array."""
-
-  def __init__(self, tokens: np.ndarray, length: int):
-    self.tokens, self.length = tokens, length
-
-  def __len__(self) -> int:
-    return (len(self.tokens) - 1) // self.length
-
-  def __getitem__(self, i: int) -> np.ndarray:
-    start = int(i) * self.length
-    return np.asarray(self.tokens[start:start + self.length + 1], np.int32)
-
-
-def _local_batch(global_batch: int, count: int | None = None) -> int:
-  count = jax.process_count() if count is None else count
-  if global_batch % count:
-    raise ValueError(f'global batch {global_batch} is not divisible by {count} processes')
-  return global_batch // count
-
-
-def train_dataset(tokens: np.ndarray, seq_len: int, global_batch: int, seed: int):
-  """Endless, shuffled (reshuffled every epoch), per-process batches of [b, seq_len + 1]."""
-  ds = grain.MapDataset.source(Windows(tokens, seq_len)).seed(seed).shuffle()
-  ds = ds[jax.process_index()::jax.process_count()]
-  return ds.repeat(None).batch(_local_batch(global_batch), drop_remainder=True)
-
-
-def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, count: int) -> list:
-  """A fixed list of validation batches (the first windows, in order)."""
-  ds = grain.MapDataset.source(Windows(tokens, seq_len))
-  ds = ds[jax.process_index()::jax.process_count()].repeat(None)
-  ds = ds.batch(_local_batch(global_batch), drop_remainder=True)
-  return [ds[i] for i in range(count)]
-
-
-def shard_documents(source, seed: int | None, index: int, count: int) -> grain.MapDataset:
-  """Process ``index`` of ``count``'s documents, endless; shuffled by ``seed`` (None: in order).
-
-  The shuffle is global and the same on every process, and process i takes positions
-  i, i + count, ... of it, so the shares are disjoint and together hold every
-  document once per epoch; each epoch draws a new permutation.
-  """
-  if len(source) < count:  # Checked on every process alike, so all of them stop.
-    raise ConfigError(f'the dataset has {len(source)} documents, fewer than the {count} '
-                      'processes reading it; prepare more documents')
-  ds = grain.MapDataset.source(source)
-  if seed is not None:
-    ds = ds.seed(seed).shuffle()
-  return ds[index::count].repeat(None)
-
-
-@dataclasses.dataclass
-class PackedStream:
-  """Documents (1-D int32 ids, each ending with end-of-text) packed into rows and batched."""
-  documents: grain.MapDataset
-  row_len: int             # seq_len + 1: inputs and targets overlap by all but one token.
-  batch: int               # Rows per batch on this process.
-  read_threads: int = 4    # Documents are read (and tokenized, for text) on these threads
-  prefetch: int = 256      # this many documents ahead of the packer.
-
-  def to_iter_dataset(self) -> grain.IterDataset:
-    """The batches [batch, row_len]; its iterator has get_state/set_state for checkpoints."""
-    ds = self.documents.map(lambda ids: {'tokens': ids})
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,
-                                              prefetch_buffer_size=self.prefetch))
-    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={'tokens': self.row_len})
-    return ds.map(lambda row: row['tokens']).batch(self.batch, drop_remainder=True)
-
-
 @dataclasses.dataclass
 class Streams:
   tokenizer: object        # tokenizer.ByteTokenizer or tokenizer.GPT2Tokenizer.
-  train: grain.MapDataset | PackedStream
-  val: list
+  train: rows.Stream       # .to_iter_dataset(start) from any global row on.
+  val: list                # This process's share of fixed validation batches.
 
 
 def open_prepared(path: str) -> tuple[dict, dict]:
@@ -216,11 +147,48 @@ def check_vocab(cfg, tok):
                       f'--config.model.vocab_size={tok.vocab_size}')
 
 
+def document_lengths(source, ids, stored: epath.Path | None = None) -> np.ndarray:
+  """Each document's length with its end-of-text: from ``trainer prepare``'s file, else counted.
+
+  Counting reads (for text: tokenizes) every document once, at start-up.
+  """
+  if stored is not None and stored.exists():
+    with stored.open('rb') as f:
+      lengths = np.load(f).astype(np.int64) + 1
+    if len(lengths) == len(source):
+      return lengths
+  return np.array([len(ids(source[i])) for i in range(len(source))], np.int64)
+
+
+@dataclasses.dataclass
+class _Mapped:
+  """source[i] turned into ids ending with end-of-text."""
+  source: object
+  ids: object
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return self.ids(self.source[i])
+
+
+def _packed(cfg, sources: dict, split: str, ids, seed: int | None) -> rows.Packed:
+  """The global row order of one split's documents."""
+  # `trainer prepare` records the lengths; a TFDS source's are counted.
+  stored = None if cfg.data.source else epath.Path(cfg.data.path) / f'lengths_{split}.npy'
+  lengths = document_lengths(sources[split], ids, stored)
+  return rows.Packed(_Mapped(sources[split], ids), lengths, cfg.train.seq_len + 1, seed)
+
+
 def load(cfg, process_index: int | None = None, process_count: int | None = None) -> Streams:
   """The training and validation streams a config asks for."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   t = cfg.train
+  if t.batch_size % count:
+    raise ConfigError(f'--config.train.batch_size={t.batch_size} is not divisible by the {count} '
+                      'processes; use a multiple of the process count')
   if not cfg.data.path and not cfg.data.source:
     tokenizer = tokenizer_lib.get(cfg.data.tokenizer or 'byte')
     check_vocab(cfg, tokenizer)
@@ -230,21 +198,20 @@ def load(cfg, process_index: int | None = None, process_count: int | None = None
         raise ConfigError(f'--config.data.max_bytes={cfg.data.max_bytes}: the embedded corpus '
                           f'has {len(tokens)} {split} tokens, too few for {count} process(es) x '
                           f'--config.train.seq_len={t.seq_len}; raise max_bytes')
+    val_rows = rows.Windows(val, t.seq_len)
     return Streams(tokenizer=tokenizer,
-                   train=train_dataset(train, t.seq_len, t.batch_size, cfg.seed),
-                   val=eval_batches(val, t.seq_len, t.batch_size, t.eval_batches))
+                   train=rows.Stream(rows.Windows(train, t.seq_len, cfg.seed), t.batch_size,
+                                     index, count),
+                   val=rows.fixed_batches(val_rows, t.batch_size, index, count, t.eval_batches))
   tokenizer, sources, ids = _document_ids(cfg)
   check_vocab(cfg, tokenizer)
   where = cfg.data.path or cfg.data.source
   if 'train' not in sources:
     raise ConfigError(f'{where} has no train split (splits: {", ".join(sources)})')
-  batch = _local_batch(t.batch_size, count)
-  train = PackedStream(shard_documents(sources['train'], cfg.seed, index, count).map(ids),
-                       t.seq_len + 1, batch)
-  val_docs = shard_documents(sources[_validation_split(sources, where)], None, index, count)
-  val = PackedStream(val_docs.map(ids), t.seq_len + 1, batch)
-  return Streams(tokenizer=tokenizer, train=train,
-                 val=list(itertools.islice(val.to_iter_dataset(), t.eval_batches)))
+  train = _packed(cfg, sources, 'train', ids, cfg.seed)
+  val = _packed(cfg, sources, _validation_split(sources, where), ids, None)
+  return Streams(tokenizer=tokenizer, train=rows.Stream(train, t.batch_size, index, count),
+                 val=rows.fixed_batches(val, t.batch_size, index, count, t.eval_batches))
 
 
 def to_global(local_batch: np.ndarray, batch_sharding) -> jax.Array:

@@ -18,8 +18,13 @@ def _say(*args):
 class _Logger:
   """Turns step metrics into records; never waits on a step it has not yet dispatched past."""
 
-  def __init__(self, setup, workdir: str, start_step: int, goodput: metrics.Goodput):
+  def __init__(self, setup, workdir: str, start_step: int, goodput: metrics.Goodput,
+               start_tokens: int):
     cfg = setup.cfg
+    # Tokens consumed before this run: the first line after a resume says so, and every
+    # line counts from there (the batch size may have changed).
+    self.start_step, self.start_tokens = start_step, start_tokens
+    self.first = {'resumed_tokens': start_tokens} if start_step else {}
     self.goodput = goodput
     with goodput.timing('startup'):  # Measuring the CPU peak and opening W&B take seconds.
       self.accountant = metrics.Accountant(cfg, setup.model_cfg, setup.mesh.size)
@@ -43,7 +48,10 @@ class _Logger:
     good = self.goodput.fields()
     record = {'step': step, **{k: float(v) for k, v in values.items()},
               'tokens_per_sec': tokens_per_sec, 'step_time_s': step_time,
-              **self.accountant.fields(step, tokens_per_sec, good['time_wall_s']), **good, **extra}
+              **self.accountant.fields(step, tokens_per_sec, good['time_wall_s']), **good, **extra,
+              'tokens': self.start_tokens + (step - self.start_step) * self.accountant.tokens_per_step,
+              **self.first}
+    self.first = {}
     for writer in self.writers:
       writer.write(record)
     self.records.append(record)
@@ -64,18 +72,21 @@ class TrainingStopped(RuntimeError):
   """The loss went non-finite; the CLI prints this and exits 1."""
 
 
-def _start(cfg, setup, ckpts, batches):
-  """(state, step) to continue from: the latest checkpoint, a Hugging Face import, or init."""
+def _start(cfg, setup, ckpts):
+  """(state, step, rows consumed) to continue from: the latest checkpoint, an HF import, or init."""
   step = ckpts.latest_step()
   if step is not None:
-    state = ckpts.restore(step, setup.abstract_state(), batches)
-    _say(f'resuming from step {step}: {ckpts.path(step)}')
-    return state, step
+    ckpts.check_resumable(step)
+    position = ckpts.data_position(step)
+    state = ckpts.restore(step, setup.abstract_state())
+    _say(f'resuming from step {step}: {ckpts.path(step)} ({position["rows"]:,} sequences, '
+         f'{position["tokens"]:,} tokens consumed)')
+    return state, step, position['rows']
   state = setup.init_state(cfg.seed)
   if cfg.init_from:
     state = state.replace(params=hf.load_params(cfg.init_from, setup))
     _say(f'initialised from {cfg.init_from}')
-  return state, 0
+  return state, 0, 0
 
 
 def _check_finite(step: int, loss, ckpts):
@@ -107,8 +118,9 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
-  batches = iter(streams.train.to_iter_dataset())
-  state, start_step = _start(cfg, setup, ckpts, batches)
+  state, start_step, start_rows = _start(cfg, setup, ckpts)
+  batches = iter(streams.train.to_iter_dataset(start_rows))
+  rows_after = lambda step: start_rows + (step - start_step) * t.batch_size
   goodput.carry_over(workdir, start_step)  # Reads the lines that keep_until drops.
   metrics.keep_until(workdir, start_step)
   goodput.add('restart' if start_step else 'startup', time.perf_counter() - goodput.start)
@@ -117,7 +129,7 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
     step_fn = setup.compile_train_step()
     eval_fn = setup.jit_eval_step()
   _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s')
-  logger = _Logger(setup, workdir, start_step, goodput)
+  logger = _Logger(setup, workdir, start_step, goodput, start_rows * t.seq_len)
 
   pending = unchecked = None
   for step in range(start_step + 1, t.steps + 1):
@@ -141,7 +153,7 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
       _check_finite(*unchecked, ckpts)  # Never save a state that a non-finite step produced.
       unchecked = None
       with goodput.timing('checkpoint'):
-        ckpts.save(step, state, batches)
+        ckpts.save(step, state, rows_after(step))
     if stop:
       _say(f'preempted (SIGTERM): saved step {step} to {ckpts.path(step)}; exiting')
       break

@@ -8,7 +8,8 @@ it. Kept documents go to the train or validation split by their content hash (a
 stable choice: reordering the inputs does not move a document between splits).
 
 The output is an array_record TFDS dataset (``tfds.builder_from_directory(DIR)``
-reads it, without TensorFlow) plus ``stats.json``. Everything is built in a hidden
+reads it, without TensorFlow) plus ``stats.json`` and ``lengths_SPLIT.npy`` (each
+document's token count, in the dataset's order, for the loader's global row order). Everything is built in a hidden
 sibling directory and renamed into place at the end, so an interrupted run never
 leaves a directory that looks finished, and an existing one is replaced only with
 ``overwrite``. On object storage (no rename) it is built in a local temporary
@@ -212,6 +213,14 @@ def _build_tfds(stores: dict, tokenizer, data_dir: pathlib.Path, dtype) -> pathl
   return pathlib.Path(builder.data_dir)
 
 
+def _record_lengths(built: pathlib.Path):
+  """Writes each split's document lengths in the order TFDS stored them (it shuffles by key)."""
+  import tensorflow_datasets as tfds
+  for split, source in tfds.builder_from_directory(str(built)).as_data_source().items():
+    lengths = np.array([len(source[i]['tokens']) for i in range(len(source))], np.int64)
+    np.save(built / f'lengths_{split}.npy', lengths)
+
+
 def _move_into_place(built: pathlib.Path, out: str, work: pathlib.Path):
   """Renames the finished dataset to ``out``; an old ``out`` is removed only after that."""
   if storage.is_remote(out):  # No rename: the old copy goes first, stats.json arrives last.
@@ -264,6 +273,7 @@ def prepare(opts: Options, say=print) -> dict:
     stats['seconds'] = round(time.perf_counter() - started, 3)
     stats['mb_per_s'] = round(stats['bytes_in'] / 1e6 / stats['seconds'], 3)
     (built / 'stats.json').write_text(json.dumps(stats, indent=1) + '\n')
+    _record_lengths(built)
     _move_into_place(built, out, work)
   finally:
     shutil.rmtree(work, ignore_errors=True)

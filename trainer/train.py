@@ -61,9 +61,21 @@ def train_step(state: TrainState, tokens_BL1, *, model, tx, lr_schedule, micro_b
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   if skip_nonfinite:  # A bad batch moves the step (and the data) on but leaves the weights.
     ok = jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm'])
-    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state.replace(step=new.step))
+    kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state.replace(step=new.step))
+    new = kept.replace(opt_state=with_schedule_count(kept.opt_state, opt_state))
     metrics['skipped'] = (~ok).astype(jnp.float32)
   return new, metrics
+
+
+def with_schedule_count(kept_opt_state, stepped_opt_state):
+  """``kept_opt_state`` with the schedule's step counter of ``stepped_opt_state``.
+
+  The schedule counts every step, skipped or not, like ``state.step`` (so the logged
+  rate is the one used); Adam's own count, for its bias correction, counts only updates.
+  """
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  return jax.tree.map(lambda k, s: s if is_count(k) else k, kept_opt_state, stepped_opt_state,
+                      is_leaf=is_count)
 
 
 def eval_step(params, tokens_BL1, *, model):
