@@ -152,7 +152,8 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   summary = {'records': logger.records}
   if t.sample_tokens and not preemption.requested:
     prompt = streams.tokenizer.encode('def ')
-    ids = generate.sample(setup, state.params, prompt.tolist(), t.sample_tokens, seed=cfg.seed)
+    ids = generate.sample(setup, state.params, prompt.tolist(), t.sample_tokens, seed=cfg.seed,
+                          eot=streams.tokenizer.eot)
     summary['sample'] = streams.tokenizer.decode(ids)
     _say('--- sample ---\n' + summary['sample'] + '\n--------------')
   return summary
