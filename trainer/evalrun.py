@@ -22,7 +22,7 @@ class Request:
   """What ``trainer eval`` was asked for."""
   task: str
   data: str = ''
-  limit: int = 0               # Examples (LAMBADA, harness) or rows (loss); 0: all.
+  limit: int = 0               # Examples (LAMBADA, harness), lines (WikiText), rows (loss).
   tasks: str = ''              # Harness task names, comma-separated.
   context: int = 0             # WikiText window (0: the model's max_len).
   stride: int = 0              # WikiText stride (0: half the window).
@@ -84,22 +84,28 @@ def task_values(req: Request, setup, params, tok, cfg) -> dict:
       raise ConfigError(f'--context={context} is longer than the model\'s '
                         f'{setup.model_cfg.max_len}; lower it')
     stride = req.stride or max(1, context // 2)
-    return evaluate.wikitext(scorer, params, evaluate.read_text(req.data), tok, context, stride,
-                             req.detokenizer)
+    text = evaluate.read_text(req.data)
+    if req.limit:  # The first lines only.
+      text = ''.join(text.splitlines(keepends=True)[:req.limit])
+    return evaluate.wikitext(scorer, params, text, tok, context, stride, req.detokenizer)
   return validation_loss(scorer, params, cfg, tok, req.data, req.limit)
 
 
 def validation_rows(cfg, tok, path: str):
   """The validation split as one token stream (documents end with end-of-text)."""
+  from etils import epath
   from trainer import data
   path = path or cfg.data.path
   if not path:
     _, val = data.stdlib_corpus(cfg.data.max_bytes, cfg.data.val_every_nth_file, tok)
     return val
-  stats, sources = data.open_prepared(path)
-  if stats['tokenizer'] != tok.name:
-    raise ConfigError(f'--data={path} was tokenized with {stats["tokenizer"]} but the model uses '
-                      f'{tok.name}; prepare the data with --tokenizer {tok.name}')
+  stats_file = epath.Path(path) / 'stats.json'
+  if stats_file.is_file():  # Checked first: a mismatch needs no dataset opened.
+    name = json.loads(stats_file.read_text()).get('tokenizer')
+    if name != tok.name:
+      raise ConfigError(f'--data={path} was tokenized with {name} but the model uses '
+                        f'{tok.name}; prepare the data with --tokenizer {tok.name}')
+  _, sources = data.open_prepared(path)
   split = sources[data._validation_split(sources, path)]
   docs = [np.append(split[i]['tokens'].astype(np.int32), np.int32(tok.eot))
           for i in range(len(split))]

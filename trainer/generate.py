@@ -163,3 +163,59 @@ def sample(setup, params, prompt: list[int], num_tokens: int, *, temperature: fl
   how = Sampling(max_new_tokens=num_tokens, temperature=temperature, seed=seed)
   new = Generator(setup, 1).generate(params, [prompt], how, eot=eot)[0]
   return list(prompt) + new
+
+
+def check_sampling(s: Sampling, num_samples: int = 1):
+  """Sampling settings a user typed; ConfigError names the bad one."""
+  bad = [(s.max_new_tokens <= 0, f'--max_new_tokens={s.max_new_tokens}: must be positive'),
+         (s.temperature < 0, f'--temperature={s.temperature}: must be 0 (greedy) or positive'),
+         (s.top_k < 0, f'--top_k={s.top_k}: must be 0 (off) or positive'),
+         (not 0 < s.top_p <= 1, f'--top_p={s.top_p}: must be in (0, 1]'),
+         (num_samples <= 0, f'--num_samples={num_samples}: must be positive')]
+  for is_bad, message in bad:
+    if is_bad:
+      raise ConfigError(message)
+
+
+def run(workdir: str, texts: list[str], sampling: Sampling, *, num_samples: int = 1,
+        step: int | None = None, as_json: bool = False, out=None) -> dict:
+  """``trainer generate``: samples from a checkpoint, streaming one sequence to ``out``."""
+  import json
+  import sys
+  from trainer import evaluate, evalrun
+  out = out or sys.stdout
+  check_sampling(sampling, num_samples)
+  if not texts or any(not t for t in texts):
+    raise ConfigError('the prompt is empty; give --prompt "TEXT" or a non-empty --prompt_file')
+  cfg, step, setup, params = evalrun.load(workdir, step)
+  tok = evaluate.model_tokenizer(cfg)
+  prompts = [tok.encode(t).tolist() for t in texts for _ in range(num_samples)]
+  gen = Generator(setup, len(prompts))
+  gen.check_prompts(prompts)
+  stream = not as_json and len(prompts) == 1
+  shown = []
+
+  def show(_, tokens):  # Decode everything so far: a character may span several tokens.
+    if tokens[0] >= 0:
+      shown.append(int(tokens[0]))
+      text = tok.decode(shown)
+      out.write(text[show.printed:])
+      out.flush()
+      show.printed = len(text)
+  show.printed = 0
+  if stream:
+    out.write(texts[0])
+  new = gen.generate(params, prompts, sampling, eot=tok.eot, row_seeds=range(len(prompts)),
+                     on_tokens=show if stream else None)
+  samples = [{'prompt': texts[i // num_samples], 'ids': ids, 'text': tok.decode(ids)}
+             for i, ids in enumerate(new)]
+  report = {'step': step, 'ids': samples[0]['ids'], 'text': samples[0]['text'],
+            'samples': samples}
+  if as_json:
+    out.write(json.dumps(report) + '\n')
+  elif stream:
+    out.write('\n')
+  else:
+    for i, s in enumerate(samples):
+      out.write(f'--- sample {i + 1} ---\n{s["prompt"]}{s["text"]}\n')
+  return report
