@@ -134,11 +134,12 @@ def record(workdir: str, cfg, step: int, values: dict, info: dict):
   path = epath.Path(workdir) / EVAL_FILE
   saved = json.loads(path.read_text()) if path.exists() else {}
   details = saved.setdefault('details', {})
+  conventions = info.get('conventions', {})
   for key, value in values.items():
     saved[key] = value
     details[key] = {'value': value, 'step': step,
-                    'convention': evaluate.CONVENTIONS.get(key, info.get('convention', '')),
-                    **{k: v for k, v in info.items() if k != 'convention'}}
+                    'convention': evaluate.CONVENTIONS.get(key, conventions.get(key, '')),
+                    **{k: v for k, v in info.items() if k != 'conventions'}}
   path.write_text(json.dumps(saved, indent=2, sort_keys=True) + '\n')
   row = {'step': step, **{f'eval_{k}': v for k, v in values.items()
                           if isinstance(v, (int, float)) and math.isfinite(v)}}
