@@ -59,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
   t.eval_every = 100         # Steps between validation losses (0: only at the end).
   t.eval_batches = 4         # Validation batches per evaluation.
   t.sample_tokens = 120      # Tokens sampled from the trained model at the end (0: none).
+  t.eval_tasks = ''          # Also at each evaluation: 'lambada:FILE,wikitext:FILE,harness:T1+T2'
+                             # (zero-shot scores logged as eval_<metric>; docs/evaluation.md).
+  t.eval_limit = 0           # Examples (LAMBADA, harness) or lines (WikiText) per task (0: all).
+  t.sample_every = 0         # Steps between short samples, printed and logged (0: off).
   t.skip_nonfinite = False   # Skip a step with a non-finite loss or gradient instead of stopping.
   t.target_tokens = 0        # Tokens the run is meant to see, for ETA and projected dollars
                              # (0: steps x batch_size x seq_len).
@@ -239,6 +243,8 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
     _require(m[key] > 0, f'--config.model.{key}={m[key]}: must be positive')
   for key in ('steps', 'batch_size', 'seq_len', 'micro_batches', 'log_every'):
     _require(t[key] > 0, f'--config.train.{key}={t[key]}: must be positive')
+  for key in ('eval_limit', 'sample_every'):
+    _require(t[key] >= 0, f'--config.train.{key}={t[key]}: must be 0 or positive')
   for key in ('every', 'keep', 'keep_every'):
     _require(cfg.checkpoint[key] >= 0, f'--config.checkpoint.{key}={cfg.checkpoint[key]}: '
              'must be 0 or positive')

@@ -149,3 +149,42 @@ def record(workdir: str, cfg, step: int, values: dict, info: dict):
   for writer in writers:
     writer.write(row)
     writer.close()
+
+
+class DuringTraining:
+  """``train.eval_tasks`` read and tokenized once, scored at each evaluation step.
+
+  The spec is comma-separated ``lambada:FILE``, ``wikitext:FILE`` or ``harness:TASK+TASK``;
+  ``train.eval_limit`` caps examples (lines for WikiText). Results are ``eval_<metric>``.
+  """
+
+  def __init__(self, cfg, setup, tok):
+    self.setup, self.tok, self.jobs = setup, tok, []
+    limit = cfg.train.eval_limit
+    for item in filter(None, (s.strip() for s in cfg.train.eval_tasks.split(','))):
+      task, _, arg = item.partition(':')
+      if task not in ('lambada', 'wikitext', 'harness') or not arg:
+        raise ConfigError(f'--config.train.eval_tasks: {item!r}; write lambada:FILE, '
+                          'wikitext:FILE or harness:TASK+TASK, comma-separated')
+      if task == 'lambada':
+        self.jobs.append((task, evaluate.read_lambada(arg, limit)))
+      elif task == 'wikitext':
+        lines = evaluate.read_text(arg).splitlines(keepends=True)
+        self.jobs.append((task, ''.join(lines[:limit] if limit else lines)))
+      else:
+        self.jobs.append((task, Request(task='harness', tasks=arg.replace('+', ','),
+                                        limit=limit)))
+    self.scorer = evaluate.Scorer(setup, progress=False) if self.jobs else None
+
+  def __call__(self, params) -> dict:
+    out, context = {}, self.setup.model_cfg.max_len
+    for task, job in self.jobs:
+      if task == 'lambada':
+        values = evaluate.lambada(self.scorer, params, job, self.tok)
+      elif task == 'wikitext':
+        values = evaluate.wikitext(self.scorer, params, job, self.tok, context, context // 2)
+      else:
+        from trainer import harness
+        values = harness.evaluate_tasks(self.setup, params, self.tok, job)[0]
+      out.update({f'eval_{k}': v for k, v in values.items() if isinstance(v, float)})
+    return out
