@@ -97,6 +97,13 @@ def _evaluation(s: dict, records: list[dict]) -> list[tuple[str, object]]:
   return rows
 
 
+def _zero_shot(workdir: str) -> list[tuple[str, object]]:
+  """Rows from ``trainer eval``'s eval.json: value, checkpoint step and convention."""
+  details = _read_json(os.path.join(workdir, 'eval.json')).get('details', {})
+  return [(key, f"{d['value']:.4f} (step {d['step']}; {d['convention']})")
+          for key, d in sorted(details.items()) if isinstance(d.get('value'), (int, float))]
+
+
 def model_card(workdir: str, cfg) -> str:
   records = report.load(workdir)
   s = report.summary(records)
@@ -108,6 +115,8 @@ def model_card(workdir: str, cfg) -> str:
                             f'{o.weight_decay}, clip {o.clip_norm})'),
               ('learning rate', f'{o.lr} peak, {o.warmup_steps} warmup steps, {o.schedule} '
                                 f'decay to {o.min_lr_ratio} x peak'), ('seed', cfg.seed)]
+  zero_shot = _zero_shot(workdir)  # eval.json says more than the same eval_* metrics lines.
+  scores = [r for r in _evaluation(s, records) if r[0][5:] not in dict(zero_shot)] + zero_shot
   return '\n\n'.join([
       f'# Model card: {cfg.model.family} decoder, {model.param_count(mcfg):,} parameters',
       'A decoder-only transformer pretrained with `trainer` '
@@ -115,7 +124,7 @@ def model_card(workdir: str, cfg) -> str:
       '## Architecture\n' + _table(_architecture(cfg, mcfg)),
       '## Training\n' + _table(training),
       '## Compute, cost and carbon\n' + _table(_compute(s, acct, mcfg, t.seq_len)),
-      '## Evaluation\n' + _table(_evaluation(s, records)),
+      '## Evaluation\n' + _table(scores),
       _USE])
 
 

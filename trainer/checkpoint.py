@@ -201,14 +201,18 @@ def _first_line(e: Exception) -> str:
   return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
 
 
-def latest(workdir: str, devices=None):
-  """(config, step, state) of the newest checkpoint in ``workdir``, on a mesh that fits ``devices``."""
+def latest(workdir: str, devices=None, step: int | None = None):
+  """(config, step, state) of the newest (or the given) checkpoint in ``workdir``, on a mesh
+  that fits ``devices``."""
   from trainer import train  # Local import: train pulls in the model.
   directory = storage.join(workdir, 'checkpoints')
   if not storage.isdir(directory):
     raise CheckpointError(f'{directory}: no such directory; train first or fix --workdir')
   probe = Checkpoints(workdir, config_lib.default_config())
-  step = probe.latest_step()
+  if step is not None and step not in probe.manager.all_steps():
+    saved = ', '.join(map(str, sorted(probe.manager.all_steps()))) or 'none'
+    raise CheckpointError(f'--step={step}: {directory} holds no such checkpoint (steps: {saved})')
+  step = probe.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f'{directory}: holds no complete checkpoint')
   cfg = config_lib.from_dict(probe.saved_config(step), f'{probe.path(step)} config')

@@ -180,6 +180,71 @@ def cmd_report(args, overrides) -> int:
   return 0
 
 
+def cmd_eval(args, overrides) -> int:
+  from trainer import evalrun
+  if overrides:
+    raise config_lib.ConfigError('eval takes no --config overrides (the checkpoint has one)')
+  req = evalrun.Request(task=args.task, data=args.data, limit=args.limit, tasks=args.tasks,
+                        context=args.context, stride=args.stride, detokenizer=args.detokenizer,
+                        batch=args.batch, step=args.step, include_path=args.include_path)
+  result = evalrun.run(args.workdir, req)
+  print(json.dumps(result) if args.json else
+        '\n'.join(f'{k:<22} {v:.6g}' if isinstance(v, float) else f'{k:<22} {v}'
+                  for k, v in result.items()))
+  return 0
+
+
+def cmd_generate(args, overrides) -> int:
+  from trainer import generate
+  if overrides:
+    raise config_lib.ConfigError('generate takes no --config overrides (the checkpoint has one)')
+  texts = list(args.prompt or [])
+  if args.prompt_file:
+    try:
+      with open(args.prompt_file, encoding='utf-8') as f:
+        texts.append(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+      raise config_lib.ConfigError(f'--prompt_file={args.prompt_file}: cannot read it '
+                                   f'({type(e).__name__}); give a UTF-8 text file') from None
+  how = generate.Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  generate.run(args.workdir, texts, how, num_samples=args.num_samples, step=args.step,
+               as_json=args.json)
+  return 0
+
+
+def _eval_parsers(verbs):
+  p = verbs.add_parser('eval', help='score a checkpoint: LAMBADA, WikiText, validation loss, '
+                       'lm-evaluation-harness tasks (results in WORKDIR/eval.json)')
+  p.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
+  p.add_argument('--step', type=int, help='checkpoint step (default: the newest)')
+  p.add_argument('--task', required=True, help='lambada, wikitext, loss or harness')
+  p.add_argument('--data', default='', help='LAMBADA JSON Lines, WikiText raw file, or (loss) '
+                 'a prepared dataset; default for loss: the run\'s data')
+  p.add_argument('--limit', type=int, default=0, help='first N examples only (0: all)')
+  p.add_argument('--tasks', default='', help='harness: comma-separated task names')
+  p.add_argument('--include_path', default='', help='harness: directory of extra task YAMLs')
+  p.add_argument('--context', type=int, default=0, help='wikitext window (default: max_len)')
+  p.add_argument('--stride', type=int, default=0, help='wikitext stride (default: half)')
+  p.add_argument('--detokenizer', default='none', help='wikitext: none or megatron')
+  p.add_argument('--batch', type=int, default=8, help='sequences per forward pass')
+  p.add_argument('--json', action='store_true', help='print one JSON object')
+  p.set_defaults(run=cmd_eval)
+  g = verbs.add_parser('generate', help='sample text from a checkpoint (KV cache, streamed)')
+  g.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
+  g.add_argument('--step', type=int, help='checkpoint step (default: the newest)')
+  g.add_argument('--prompt', action='append', help='text to continue (repeat for a batch)')
+  g.add_argument('--prompt_file', default='', help='a file whose text is one more prompt')
+  g.add_argument('--max_new_tokens', type=int, default=64)
+  g.add_argument('--temperature', type=float, default=0.8, help='0: greedy')
+  g.add_argument('--top_k', type=int, default=0, help='keep the k likeliest tokens (0: off)')
+  g.add_argument('--top_p', type=float, default=1.0, help='nucleus mass kept (1: off)')
+  g.add_argument('--seed', type=int, default=0)
+  g.add_argument('--num_samples', type=int, default=1, help='samples per prompt')
+  g.add_argument('--json', action='store_true', help='print one JSON object with ids and text')
+  g.set_defaults(run=cmd_generate)
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog='trainer', description=__doc__.splitlines()[0])
   verbs = parser.add_subparsers(dest='verb', required=True, parser_class=_Parser)
@@ -222,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
   add_flag(report_p, 'workdir', PATH, help='a trainer train --workdir')
   report_p.add_argument('--no-plots', action='store_true', help='print the table only')
   report_p.set_defaults(run=cmd_report)
+  _eval_parsers(verbs)
   return parser
 
 

@@ -69,6 +69,10 @@ def _declare() -> ml_collections.ConfigDict:
   t.eval_every = Key(100, ge=0)  # Steps between validation losses (0: only at the end).
   t.eval_batches = Key(4, ge=1)  # Validation batches per evaluation.
   t.sample_tokens = Key(120, ge=0)  # Tokens sampled from the model at the end (0: none).
+  t.eval_tasks = Key('')         # Also at each evaluation: 'lambada:FILE,wikitext:FILE,harness:T1+T2'
+                             # (zero-shot scores logged as eval_<metric>; docs/evaluation.md).
+  t.eval_limit = Key(0, ge=0)    # Examples (LAMBADA, harness) or lines (WikiText) per task (0: all).
+  t.sample_every = Key(0, ge=0)  # Steps between short samples, printed and logged (0: off).
   t.skip_nonfinite = Key(False)  # Skip a step with a non-finite loss or gradient; don't stop.
   t.target_tokens = Key(0, ge=0, lt=2**63)  # Tokens the run is meant to see, for ETA and projected
                              # dollars (0: steps x batch_size x seq_len).

@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 
-from trainer import checkpoint, data, generate, hf, metrics, model, train
+from trainer import checkpoint, data, evalrun, generate, hf, metrics, model, train
 
 
 def _say(*args):
@@ -68,6 +68,14 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
   return float(np.mean(jax.device_get(losses)))
 
 
+def _sample(sampler, params, tok, step: int) -> str:
+  """32 tokens from end-of-text (unconditional), printed and logged; seeded by the step."""
+  how = generate.Sampling(max_new_tokens=32, temperature=0.8, seed=step)
+  text = tok.decode(sampler.generate(params, [[tok.eot]], how, eot=tok.eot)[0])
+  _say(f'--- sample at step {step} ---\n{text}\n---')
+  return text
+
+
 class TrainingStopped(RuntimeError):
   """The loss went non-finite; the CLI prints this and exits 1."""
 
@@ -118,6 +126,8 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
+  task_evals = evalrun.DuringTraining(cfg, setup, streams.tokenizer)  # Bad files fail here.
+  sampler = generate.Generator(setup, 1) if t.sample_every else None
   state, start_step, start_rows = _start(cfg, setup, ckpts)
   batches = iter(streams.train.to_iter_dataset(start_rows))
   rows_after = lambda step: start_rows + (step - start_step) * t.batch_size
@@ -146,6 +156,10 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
       jax.block_until_ready(step_metrics)  # Training time ends here; evaluation is not counted.
       with goodput.timing('eval'):
         extra['eval_loss'] = evaluate(eval_fn, state.params, streams.val, setup.batch_sharding)
+        extra.update(task_evals(state.params))
+    if t.sample_every and step % t.sample_every == 0:
+      with goodput.timing('eval'):
+        extra['sample'] = _sample(sampler, state.params, streams.tokenizer, step)
     due = step % t.log_every == 0 or step == t.steps or bool(extra)
     pending = (step, step_metrics, extra) if due else None
     stop = preemption.stop_now(step)
@@ -164,7 +178,8 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   summary = {'records': logger.records}
   if t.sample_tokens and not preemption.requested:
     prompt = streams.tokenizer.encode('def ')
-    ids = generate.sample(setup, state.params, prompt.tolist(), t.sample_tokens, seed=cfg.seed)
+    ids = generate.sample(setup, state.params, prompt.tolist(), t.sample_tokens, seed=cfg.seed,
+                          eot=streams.tokenizer.eot)
     summary['sample'] = streams.tokenizer.decode(ids)
     _say('--- sample ---\n' + summary['sample'] + '\n--------------')
   return summary

@@ -112,7 +112,8 @@ class Attention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLE):
+  def __call__(self, x_BLE, cache=None, positions_BL=None):
+    """With ``cache`` (this layer's KV cache), also returns the cache with x's keys written."""
     cfg, dt = self.cfg, self.cfg.compute_dtype
     E, H, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim
     w_qkv = _param(self, 'c_attn_kernel', (E, 3, H, D), ('embed', None, 'heads', 'kv'), cfg.init_std)
@@ -125,6 +126,11 @@ class Attention(nn.Module):
         qkv_BLTHD, ('act_batch', 'act_length', None, 'act_heads', 'act_kv'))
     q_BLHD, k_BLHD, v_BLHD = (qkv_BLTHD[:, :, i] for i in range(3))
     scale = 1.0 / math.sqrt(D)
+    if cache is not None:
+      o_BLHD, cache = _attend_cached(q_BLHD, k_BLHD, v_BLHD, cache, positions_BL, scale)
+      o_BLHD = nn.with_logical_constraint(
+          o_BLHD, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
+      return dense('blhd,hde->ble', o_BLHD, w_out, b_out, dt), cache
     if self.deterministic or cfg.attn_dropout == 0.0:
       o_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BLHD, v_BLHD, scale=scale, is_causal=True)
     else:
@@ -142,6 +148,32 @@ class Attention(nn.Module):
     p_BHLL = jax.nn.softmax(s_BHLL, axis=-1)
     p_BHLL = nn.Dropout(self.cfg.attn_dropout)(p_BHLL, deterministic=False)
     return jnp.einsum('bhqk,bkhd->bqhd', p_BHLL.astype(v_BLHD.dtype), v_BLHD)
+
+
+def _attend_cached(q_BLHD, k_BLHD, v_BLHD, cache, positions_BL, scale):
+  """Writes this call's keys and values into the cache at their positions, attends to it.
+
+  The cache holds ``S`` slots per row; query i of row b sees slots <= positions_BL[b, i].
+  One new token per row (decoding) goes to each row's own slot; several (prefill) go to
+  consecutive slots from row 0's first position, the same for every row.
+  """
+  k_BSHD, v_BSHD = cache['k'], cache['v']
+  S, L = k_BSHD.shape[1], q_BLHD.shape[1]
+  slots_S = jnp.arange(S)
+  if L == 1:  # A select, not a scatter: stays elementwise under any batch sharding.
+    hit_BS11 = (slots_S[None, :] == positions_BL)[:, :, None, None]
+    k_BSHD = jnp.where(hit_BS11, k_BLHD.astype(k_BSHD.dtype), k_BSHD)
+    v_BSHD = jnp.where(hit_BS11, v_BLHD.astype(v_BSHD.dtype), v_BSHD)
+  else:
+    start = (0, positions_BL[0, 0], 0, 0)
+    k_BSHD = jax.lax.dynamic_update_slice(k_BSHD, k_BLHD.astype(k_BSHD.dtype), start)
+    v_BSHD = jax.lax.dynamic_update_slice(v_BSHD, v_BLHD.astype(v_BSHD.dtype), start)
+  k_BSHD = nn.with_logical_constraint(k_BSHD, ('act_batch', None, 'act_heads', 'act_kv'))
+  v_BSHD = nn.with_logical_constraint(v_BSHD, ('act_batch', None, 'act_heads', 'act_kv'))
+  mask_B1LS = (slots_S[None, None, :] <= positions_BL[:, :, None])[:, None]
+  o_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BSHD.astype(q_BLHD.dtype),
+                                        v_BSHD.astype(q_BLHD.dtype), mask=mask_B1LS, scale=scale)
+  return o_BLHD, {'k': k_BSHD, 'v': v_BSHD}
 
 
 class Mlp(nn.Module):
@@ -170,11 +202,17 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLE, _=None):
+  def __call__(self, x_BLE, cache=None, positions_BL=None):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     ln_1, ln_2 = LayerNorm(cfg, name='ln_1'), LayerNorm(cfg, name='ln_2')
     attn, mlp = Attention(cfg, self.deterministic, name='attn'), Mlp(cfg, name='mlp')
+    if cache is not None:  # Decoding: the attention also returns the updated KV cache.
+      attend = attn
+      def attn(h):  # noqa: E306
+        nonlocal cache
+        out, cache = attend(h, cache, positions_BL)
+        return out
     if cfg.pre_ln:
       x_BLE = x_BLE + drop(attn(ln_1(x_BLE)))
       x_BLE = x_BLE + drop(mlp(ln_2(x_BLE)))
@@ -182,7 +220,7 @@ class Block(nn.Module):
       x_BLE = ln_1(x_BLE + drop(attn(x_BLE)))
       x_BLE = ln_2(x_BLE + drop(mlp(x_BLE)))
     x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
-    return x_BLE, None
+    return x_BLE, cache
 
 
 _REMAT_POLICIES = {
@@ -192,12 +230,16 @@ _REMAT_POLICIES = {
 
 
 class Decoder(nn.Module):
-  """Token ids [B, L] to logits [B, L, padded vocab]; padded columns are -inf-like."""
+  """Token ids [B, L] to logits [B, L, padded vocab]; padded columns are -inf-like.
+
+  With ``cache`` (from ``init_cache``) and ``positions_BL``, returns (logits, new cache):
+  the tokens' keys and values are written at their positions, for decoding.
+  """
   cfg: ModelConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None):
+  def __call__(self, tokens_BL, positions_BL=None, cache=None):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     V, E, W = cfg.padded_vocab, cfg.embed_dim, cfg.word_dim
     wte = _param(self, 'wte', (V, W), ('vocab', 'embed'), cfg.init_std)
@@ -217,11 +259,19 @@ class Decoder(nn.Module):
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BLE, _ = stack(cfg, self.deterministic, name='h')(x_BLE, None)
+                      in_axes=(0, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BLE, new_cache = stack(cfg, self.deterministic, name='h')(x_BLE, cache, positions_BL)
     else:
+      new_cache = None if cache is None else []
       for i in range(cfg.num_layers):
-        x_BLE, _ = block(cfg, self.deterministic, name=f'h_{i}')(x_BLE, None)
+        layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+        x_BLE, layer_cache = block(cfg, self.deterministic, name=f'h_{i}')(
+            x_BLE, layer_cache, positions_BL)
+        if cache is not None:
+          new_cache.append(layer_cache)
+      if cache is not None:
+        new_cache = jax.tree.map(lambda *xs: jnp.stack(xs), *new_cache)
 
     if cfg.final_ln:
       x_BLE = LayerNorm(cfg, name='ln_f')(x_BLE)
@@ -237,7 +287,18 @@ class Decoder(nn.Module):
     logits_BLV = nn.with_logical_constraint(logits_BLV, ('act_batch', 'act_length', 'act_vocab'))
     if V != cfg.vocab_size:  # Padded rows never win a softmax or an argmax.
       logits_BLV = jnp.where(jnp.arange(V) < cfg.vocab_size, logits_BLV, -1e30)
+    if cache is not None:
+      return logits_BLV, new_cache
     return logits_BLV
+
+
+CACHE_AXES = ('layers', 'act_batch', None, 'act_heads', 'act_kv')  # Logical axes of cache['k'].
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int | None = None) -> dict:
+  """An empty KV cache: {'k', 'v'} of [layers, batch, length (default max_len), heads, head dim]."""
+  shape = (cfg.num_layers, batch, length or cfg.max_len, cfg.num_heads, cfg.head_dim)
+  return {'k': jnp.zeros(shape, cfg.compute_dtype), 'v': jnp.zeros(shape, cfg.compute_dtype)}
 
 
 def abstract_params(cfg: ModelConfig):

@@ -24,6 +24,8 @@ def load(workdir: str) -> list[dict]:
 
 def summary(records: list[dict]) -> dict:
   """Totals from the last record, medians of the rates, the final losses."""
+  # `trainer eval` appends records of eval_* scores only; the training records carry the rest.
+  records = [r for r in records if 'loss' in r] or records
   last = records[-1]
   steady = records[1:] or records  # The first record's step time includes warm-up.
   evals = [r['eval_loss'] for r in records if 'eval_loss' in r]
