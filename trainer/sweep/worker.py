@@ -238,14 +238,16 @@ class Worker:
       trial = self.optuna.trial.Trial(self.study, trial_id)
       for r in records:
         value = r.get(self.sweep.objective)
-        if value is not None and r['step'] not in child.reported and math.isfinite(value):
-          trial.report(float(value), r['step'])
-          child.reported.add(r['step'])
-      if (self.opts.prune and not child.pruning and child.proc.poll() is None
-          and child.reported and trial.should_prune()):
-        child.proc.send_signal(signal.SIGTERM)  # trainer train saves a checkpoint and exits 0.
-        child.pruning = True
-        say(f'{child.point.name}: pruned at step {max(child.reported)}; stopping it (SIGTERM)')
+        if value is None or r['step'] in child.reported or not math.isfinite(value):
+          continue
+        trial.report(float(value), r['step'])
+        child.reported.add(r['step'])
+        # Decide at each step in turn: pruners compare values at the same step.
+        if self.opts.prune and not child.pruning and child.proc.poll() is None \
+            and trial.should_prune():
+          child.proc.send_signal(signal.SIGTERM)  # trainer train saves a checkpoint, exits 0.
+          child.pruning = True
+          say(f'{child.point.name}: pruned at step {r["step"]}; stopping it (SIGTERM)')
       if child.proc.poll() is not None:
         self.ended(child, records)
 
