@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -221,6 +220,54 @@ def test_check_fit_skips_points_that_do_not_fit(tmp_path, monkeypatch):
   assert 'budget' in table['embed_dim=64']['reason']   # It fits; the zero budget held it back.
 
 
+# --- claiming ------------------------------------------------------------------------------------
+def test_claiming_lowest_trial_wins_and_stale_trials_are_taken_over(tmp_path):
+  from trainer.sweep import worker
+  path = sweep_file(tmp_path, {'config': 'configs/tiny.py', 'grid': {'optim.lr': [1e-3, 2e-3]}})
+  sweep = spec.load(path)
+  points = spec.points(sweep)
+  opts = runner.Options(workdir=str(tmp_path / 'sw'), heartbeat_s=1)
+  (tmp_path / 'sw').mkdir()
+  url = runner.storage_url(opts)
+  one, two = (worker.Worker(sweep, opts, runner.open_study(sweep, url, 1), points)
+              for _ in range(2))
+  first = one.claim(points[0])
+  assert first is not None
+  assert two.claim(points[0]) is None       # Taken: the later trial gives way ...
+  trials = two.study.get_trials()
+  assert [t.user_attrs.get('status') for t in trials] == [None, 'duplicate']
+  groups = runner.group_by_name(trials)
+  assert [p.name for p in two.todo(groups)] == ['lr=2e-3']   # ... and is ignored.
+  assert runner.point_status(groups['lr=1e-3']) == ('running', '')
+  time.sleep(4.5)                           # No heartbeat for 3 x 1 s: the trial is stale.
+  runner.optuna_module().storages.fail_stale_trials(two.study)
+  groups = runner.group_by_name(two.study.get_trials())
+  assert [p.name for p in two.todo(groups)] == ['lr=1e-3', 'lr=2e-3']
+  taken = two.claim(points[0])
+  assert taken is not None and taken != first
+  assert runner.point_status(runner.group_by_name(two.study.get_trials())['lr=1e-3'])[0] == 'running'
+
+
+def test_tpe_asks_count_points_and_no_more(tmp_path):
+  from trainer.sweep import worker
+  path = sweep_file(tmp_path, {'config': 'configs/tiny.py', 'count': 2,
+                               'tpe': {'optim.lr': spec.Distribution('log_uniform', 1e-4, 1e-2)}})
+  sweep = spec.load(path)
+  opts = runner.Options(workdir=str(tmp_path / 'sw'))
+  (tmp_path / 'sw').mkdir()
+  study = runner.open_study(sweep, runner.storage_url(opts), sampler=runner.make_sampler(sweep))
+  w = worker.Worker(sweep, opts, study, [])
+  got = [w._ask_tpe(), w._ask_tpe()]
+  assert all(g is not None for g in got) and got[0][0].name != got[1][0].name
+  assert not w._tpe_room(runner.group_by_name(study.get_trials()))
+  assert w._ask_tpe() is None               # A third would pass the count.
+  # A killed worker's TPE point is known by name and overrides from its trial.
+  w._finish(got[0][1], 'FAIL')
+  groups = runner.group_by_name(study.get_trials())
+  assert [p.name for p in w.todo(groups)] == [got[0][0].name]
+  assert w.todo(groups)[0].overrides == got[0][0].overrides
+
+
 # --- report and fit ---------------------------------------------------------------------------
 def test_power_law_fit_recovers_known_parameters():
   compute = np.geomspace(1e15, 1e19, 6)
@@ -305,7 +352,7 @@ def test_four_point_sweep_killed_and_rerun_finishes_only_what_is_missing(tmp_pat
   names = ['lr=1e-3', 'lr=3e-3', 'lr=0.01', 'lr=0.03']
   log = open(tmp_path / 'first.log', 'w')
   first = run_sweep(*args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-  done = lambda n: runner.finished(runner.read_records(os.path.join(sw, n)), 40, 'eval_loss')
+  done = lambda n: runner.finished(os.path.join(sw, n), 40, 'eval_loss')
   ckpt = lambda n: os.path.isdir(os.path.join(sw, n, 'checkpoints', '10'))
   try:
     wait_for(lambda: sum(bool(done(n)) for n in names) >= 1 and

@@ -9,7 +9,6 @@ and ``trainer train`` resumes from the point's checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import shlex
 import signal
@@ -38,6 +37,8 @@ def optuna_module():
     raise ConfigError('trainer sweep needs optuna: pip install "trainer[sweep]"') from None
   # Heartbeats and fail_stale_trials are marked experimental; we rely on them knowingly.
   warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)
+  # We record heartbeats ourselves (Worker.step), without Study.optimize.
+  warnings.filterwarnings('ignore', message='Heartbeat of storage is supposed to be used')
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   return optuna
 
@@ -230,9 +231,16 @@ def read_records(workdir: str) -> list[dict]:
   return out
 
 
-def finished(records: list[dict], steps: int, objective: str):
-  """The final objective value if the records reach ``steps``, else None."""
+def finished(workdir: str, steps: int, objective: str):
+  """The final objective value if the point's run is complete, else None.
+
+  Complete: metrics.jsonl reaches ``steps`` and the final checkpoint is committed (a kill
+  between the last metrics line and the commit leaves a run that must resume).
+  """
+  records = read_records(workdir)
   if not records or records[-1].get('step', 0) < steps:
+    return None
+  if not (epath.Path(workdir) / 'checkpoints' / str(steps)).exists():
     return None
   values = [r[objective] for r in records if objective in r]
   return values[-1] if values else None

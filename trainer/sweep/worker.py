@@ -216,7 +216,7 @@ class Worker:
       if trial_id is None:
         return True
     workdir = self.workdir(point)
-    value = runner.finished(runner.read_records(workdir), cfg.train.steps, self.sweep.objective)
+    value = runner.finished(workdir, cfg.train.steps, self.sweep.objective)
     if value is not None:  # Trained before the sweep was killed; nothing left to run.
       self._finish(trial_id, 'COMPLETE', value)
       say(f'{point.name}: already finished in {workdir}')
@@ -255,7 +255,7 @@ class Worker:
     code = child.proc.returncode
     if child.log:
       child.log.close()
-    value = runner.finished(runner.read_records(child.workdir), child.steps, self.sweep.objective)
+    value = runner.finished(child.workdir, child.steps, self.sweep.objective)
     if child.pruning:
       self._finish(child.trial_id, 'PRUNED')
     elif value is not None and (code == 0 or self.opts.launcher == 'slurm'):
@@ -263,12 +263,13 @@ class Worker:
       say(f'{child.point.name}: done, {self.sweep.objective} {value:.4f}')
     elif code == 0 and self.opts.launcher == 'slurm':
       return  # Submitted: the job writes metrics.jsonl; keep watching.
+    elif code == 0:  # Stopped early by a SIGTERM from outside: the next sweep resumes it.
+      step = records[-1]['step'] if records else 0
+      self._finish(child.trial_id, 'FAIL', reason=f'stopped at step {step}')
+      say(f'{child.point.name}: stopped at step {step}; run the sweep again to resume it')
     else:
       reason = f'exit {code}: {last_line(child.workdir)}'
-      if code == 0:  # Stopped early (SIGTERM from outside): run it again next time.
-        self._finish(child.trial_id, 'FAIL', reason=f'stopped at step {records[-1]["step"] if records else 0}')
-      else:
-        self._finish(child.trial_id, 'FAIL', status='failed', reason=reason)
+      self._finish(child.trial_id, 'FAIL', status='failed', reason=reason)
       say(f'{child.point.name}: failed ({reason})')
     del self.children[child.trial_id]
 
