@@ -134,6 +134,17 @@ def test_dry_run_lists_points_and_exact_commands(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert out.returncode == 0, out.stderr
   assert '--config.optim.lr=0.03' in out.stdout and 'sbatch /shared/sw/lr=0.03/slurm_job.sh' in out.stdout
+  code, tpu, _ = main('sweep', TINY_LR, '--workdir=/shared/sw', '--dry-run', '--launcher=tpu',
+                      '--launcher-args=--name=sw --zone=us-central2-b --type=v4-8')
+  cmds = [shlex.split(l.strip()) for l in tpu.splitlines() if 'tpu_pod.py' in l]
+  assert len(cmds) == 4 and len({c[2] for c in cmds}) == 4   # One TPU VM name per point.
+  argv = cmds[3][2:]
+  argv.insert(argv.index('--'), '--dry-run')
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'tpu_pod.py'), *argv],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  assert f'tpu-vm create {cmds[3][2][7:]} --zone=us-central2-b' in out.stdout
+  assert '--config.optim.lr=0.03' in out.stdout
 
 
 @pytest.mark.parametrize('body, message', [

@@ -153,14 +153,17 @@ def report(sweepdir: str, storage: str = '', plots: bool = True) -> str:
   out = epath.Path(sweepdir)
   _write(out / 'results.csv', _csv(rows, axes))
   table = markdown(rows, axes, best_name, fit)
-  _write(out / 'results.md', f"# Sweep {meta['study']}\n\nObjective: final {objective} "
-         f"({meta['direction']}). Best: {best_name or 'none finished'}.\n\n{table}")
+  counts = ', '.join(f'{sum(r["status"] == s for r in rows)} {s}' for s in
+                     dict.fromkeys(r['status'] for r in rows))
+  head = (f"Sweep {meta['study']}: {len(rows)} points ({counts}); objective final {objective} "
+          f"({meta['direction']}); best: {best_name or 'none finished'}.")
+  _write(out / 'results.md', f'# {head}\n\n{table}')
   clean = [{k: v for k, v in r.items() if k != 'curve'} for r in rows]
   _write(out / 'results.json', json.dumps({'study': meta['study'], 'objective': objective,
                                            'direction': meta['direction'], 'best': best_name,
                                            'fit': fit, 'fit_error': fit_error or None,
                                            'points': clean}, indent=1, default=_json_default))
-  text = table + (f'scaling fit: {fit_error}\n' if fit_error else '')
+  text = head + '\n' + table + (f'scaling fit: {fit_error}\n' if fit_error else '')
   if plots:
     paths = plots_lib.write_all(out, rows, axes, objective, fit)
     text += 'plots: ' + ', '.join(str(p) for p in paths) + '\n'

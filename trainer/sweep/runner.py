@@ -179,18 +179,28 @@ def point_env(opts: Options) -> dict:
   return env
 
 
+def launcher_args(opts: Options, args: list[str]) -> list[str]:
+  """The launcher's flags; a TPU VM name gets a suffix per point, so points never share a VM."""
+  if opts.launcher != 'tpu':
+    return list(opts.launcher_args)
+  import hashlib
+  workdir = next((a.split('=', 1)[1] for a in args if a.startswith('--workdir=')), '')
+  suffix = hashlib.sha1(workdir.encode()).hexdigest()[:6]
+  return [f'{a}-{suffix}' if a.startswith('--name=') else a for a in opts.launcher_args]
+
+
 def command(opts: Options, args: list[str]) -> list[str]:
   """``trainer train ARGS`` locally, or handed to a launcher script."""
   if opts.launcher == 'local':
     return [sys.executable, '-m', 'trainer', 'train', *args]
-  return [sys.executable, os.path.join(ROOT, LAUNCHERS[opts.launcher]), *opts.launcher_args,
-          '--', *args]
+  return [sys.executable, os.path.join(ROOT, LAUNCHERS[opts.launcher]),
+          *launcher_args(opts, args), '--', *args]
 
 
 def shown_command(opts: Options, args: list[str]) -> str:
   if opts.launcher == 'local':
     return shlex.join(['trainer', 'train', *args])
-  return shlex.join(['python', LAUNCHERS[opts.launcher], *opts.launcher_args, '--', *args])
+  return shlex.join(['python', LAUNCHERS[opts.launcher], *launcher_args(opts, args), '--', *args])
 
 
 def compile_fit(sweep: spec.Sweep, point: spec.Point, topology: str) -> tuple[bool, str]:

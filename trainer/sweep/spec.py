@@ -264,11 +264,9 @@ def train_command(sweep: Sweep, point: Point, workdir: str) -> str:
 
 
 def point_config(sweep: Sweep, point: Point):
-  """The point's config: base, fixed, then swept overrides (unknown keys are ConfigErrors)."""
-  cfg = config_lib.load(sweep.config)
-  for key, value in overrides_of(sweep, point).items():
-    config_lib.set_value(cfg, key, value)
-  return cfg
+  """The point's config, built from the same override text ``trainer train`` will be given."""
+  text = {k: cli_value(v) for k, v in overrides_of(sweep, point).items()}
+  return config_lib.load(sweep.config, text)
 
 
 def check(sweep: Sweep, pts: list[Point], devices: int):
