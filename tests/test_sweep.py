@@ -209,6 +209,25 @@ def test_budget_stops_launching_and_says_so(tmp_path):
   assert [p.name for p in w.todo(groups)] == ['lr=1e-3', 'lr=2e-3', 'lr=3e-3']
 
 
+def test_budget_prices_the_next_point_from_what_points_measured(tmp_path):
+  from conftest import tiny_config
+  from trainer.sweep import budget
+  fake_point(tmp_path, 'a', 1e6, [5.0, 4.0], 4.0)     # 2,000 tokens, $0.02 spent: $1e-11 / FLOP.
+  fake_point(tmp_path, 'b', 1e6, [5.0], 5.0, projected=0.02)  # Running: $0.01 spent, $0.01 to come.
+  records = {str(tmp_path / n): runner.read_records(str(tmp_path / n)) for n in 'ab'}
+  cfg = tiny_config(**{'train.steps': 10})
+  cost = 1e-11 * budget.point_flops(cfg)
+  assert budget.point_flops(tiny_config(**{'train.steps': 20})) == 2 * budget.point_flops(cfg)
+  spent, ahead = 0.03, 0.01
+  assert budget.Budget(spent + ahead + cost * 1.01, True).check(
+      cfg, 'c', records, [str(tmp_path / 'b')]) == ''
+  b = budget.Budget(spent + ahead + cost * 0.99, True)
+  reason = b.check(cfg, 'c', records, [str(tmp_path / 'b')])
+  assert reason == b.stopped and reason.startswith(
+      f'budget ${spent + ahead + cost * 0.99:,.4f} reached: spent $0.0300 + $0.0100 still to come')
+  assert f'${cost:,.4f} projected for c would pass it' in reason
+
+
 def test_check_fit_skips_points_that_do_not_fit(tmp_path, monkeypatch):
   path = sweep_file(tmp_path, {'config': 'configs/tiny.py', 'fixed': FAST,
                                'grid': {'model.embed_dim': [64, 128]}})
@@ -292,14 +311,14 @@ def test_power_law_fit_recovers_known_parameters():
     results.fit_power_law([1e15, 1e16], [3.0, 2.5])
 
 
-def fake_point(sweepdir, name, per_token, losses, eval_loss, tokens_per_step=1000):
+def fake_point(sweepdir, name, per_token, losses, eval_loss, tokens_per_step=1000, projected=None):
   workdir = sweepdir / name
   workdir.mkdir(parents=True)
   lines = []
   for i, loss in enumerate(losses, 1):
     r = {'step': i, 'loss': loss, 'tokens': i * tokens_per_step, 'tokens_per_sec': 100.0 * i,
          'mfu': 0.1, 'dollars': 0.01 * i, 'kwh': 0.001 * i, 'co2e_kg': 0.0004 * i,
-         'projected_dollars': 0.01 * len(losses)}
+         'projected_dollars': projected or 0.01 * len(losses)}
     if i == len(losses):
       r['eval_loss'] = eval_loss
     lines.append(json.dumps(r))
