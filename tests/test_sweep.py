@@ -83,6 +83,19 @@ def test_point_names_are_readable_stable_and_shortened():
   assert a == spec.name_of({k: 1000 + i for i, k in enumerate(long_keys)}, long_keys)
 
 
+@pytest.mark.parametrize('name', sorted(n for n in os.listdir(os.path.join(ROOT, 'configs', 'sweeps'))
+                                         if n.endswith('.py')))
+def test_every_shipped_sweep_file_loads_and_validates(name):
+  sweep = spec.load(os.path.join('configs', 'sweeps', name))
+  points = spec.points(sweep)
+  spec.check(sweep, points, 8)
+  assert len(points) == 4
+  if name == 'tiny_sizes.py':
+    assert sweep.wants_fit()
+    sizes = [spec.point_config(sweep, p).model.embed_dim for p in points]
+    assert sizes == sorted(set(sizes))      # Four different sizes, for the fit.
+
+
 def test_grid_zip_and_seeds_make_every_combination(tmp_path):
   path = sweep_file(tmp_path, {'config': 'configs/tiny.py',
                                'zip': {'model.embed_dim': [32, 64], 'optim.lr': [4e-3, 2e-3]},

@@ -1,4 +1,4 @@
-"""Four learning rates for the tiny model, 40 steps each (about half a minute per point on a CPU).
+"""Four learning rates for the tiny model, 40 steps each; startup and compiling dominate.
 
     trainer sweep configs/sweeps/tiny_lr.py --workdir=runs/sweeps/tiny_lr
     trainer sweep configs/sweeps/tiny_lr.py --workdir=runs/sweeps/tiny_lr --dry-run
