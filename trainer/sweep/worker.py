@@ -47,6 +47,7 @@ class Worker:
     self.children: dict[int, Child] = {}
     self.launched: set[str] = set()   # Each point at most once per invocation.
     self.recorded: dict[str, tuple] = {}  # TPE points from trials: (params, distributions).
+    self.repeats = 0                      # TPE draws in a row that named an existing point.
     self.budget = (budget_lib.Budget(opts.budget, runner.cpu_host())
                    if opts.budget is not None else None)
 
@@ -118,8 +119,8 @@ class Worker:
     return out
 
   def _tpe_room(self, groups: dict) -> bool:
-    if self.sweep.sampler != 'tpe':
-      return False
+    if self.sweep.sampler != 'tpe' or self.repeats > 20:
+      return False  # 20 draws in a row of points that exist: the space has no more.
     live = {n for n, ts in groups.items() if any(runner.is_live(t) for t in ts)}
     return len(live) < self.sweep.count
 
@@ -172,6 +173,7 @@ class Worker:
         got = self._ask_tpe()
         groups = runner.group_by_name(self.study.get_trials(deepcopy=False))
         tpe_room = self._tpe_room(groups)
+        self.repeats = self.repeats + 1 if got is None else 0
         if got is None:
           continue
         point, trial_id = got
