@@ -221,9 +221,13 @@ def compile_fit(sweep: spec.Sweep, point: spec.Point, topology: str) -> tuple[bo
 
 
 def _die_with_parent():
-  """In the child: SIGTERM (save and stop) when the sweep process dies, even by kill -9."""
+  """In the child: SIGTERM (save and stop) when the sweep process dies, even by kill -9.
+
+  Ctrl-C is left to the sweep, which sends SIGTERM, so that the points save a checkpoint.
+  """
   import ctypes
   ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def read_records(workdir: str) -> list[dict]:
