@@ -288,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
   report_p.add_argument('--no-plots', action='store_true', help='print the table only')
   report_p.set_defaults(run=cmd_report)
   _eval_parsers(verbs)
+  from trainer.sweep import commands as sweep_commands  # Optuna is imported only when run.
+  sweep_commands.add_parsers(verbs)
   return parser
 
 
