@@ -1,9 +1,13 @@
 """Duplicate removal: exact (content hash) and near (MinHash LSH over word 5-gram shingles).
 
 Near duplicates follow OpenWebText: two documents are duplicates when the Jaccard
-similarity of their sets of word n-gram shingles exceeds a threshold (0.5). datasketch's
-MinHash LSH proposes candidates; each candidate is then checked with the exact Jaccard
+similarity of their sets of word n-gram shingles exceeds a threshold (0.5). MinHash
+LSH band keys propose candidates; each candidate is then checked with the exact Jaccard
 of the two shingle sets, so the threshold is exact and LSH only decides what to compare.
+
+``NearDuplicates`` is the in-memory, in-order index (datasketch's LSH); the parallel
+pipeline (stages.py) uses ``band_keys`` and ``survivors`` instead, which hold only
+fixed-size keys per document and choose survivors by content hash, not input order.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 # Seen by every run: MinHash permutations come from this seed, so results are reproducible.
-_SEED = 1
+SEED = 1
 _POLY = 1_000_003  # Multiplier of the n-gram hash polynomial (an odd prime).
 
 
@@ -63,11 +67,11 @@ class NearDuplicates:
     self.threshold, self.ngram, self.num_perm = threshold, ngram, num_perm
     self.lsh = MinHashLSH(num_perm=num_perm, params=lsh_bands(threshold, num_perm))
     self.shingles: list[np.ndarray] = []  # Of kept documents, indexed by LSH key.
-    self.permutations = MinHash(num_perm=num_perm, seed=_SEED).permutations
+    self.permutations = MinHash(num_perm=num_perm, seed=SEED).permutations
 
   def _sketch(self, shingles: np.ndarray) -> MinHash:
     """The MinHash of already-hashed shingles (permutations drawn once, not per document)."""
-    sketch = MinHash(num_perm=self.num_perm, seed=_SEED, hashfunc=int, scheme='affine32',
+    sketch = MinHash(num_perm=self.num_perm, seed=SEED, hashfunc=int, scheme='affine32',
                      permutations=self.permutations)
     sketch.update_batch(shingles.tolist())
     return sketch
@@ -82,3 +86,46 @@ class NearDuplicates:
     self.lsh.insert(len(self.shingles), sketch, check_duplication=False)
     self.shingles.append(shingles)
     return False
+
+
+_BAND_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9],
+                     np.uint64)  # Odd multipliers that fold a band's rows into one 64-bit key.
+_MERSENNE = np.uint64((1 << 61) - 1)
+_BLOCK = 2048  # Shingles per step: bounds the (shingles x permutations) temporary.
+
+
+def signature(shingles: np.ndarray, permutations) -> np.ndarray:
+  """datasketch's (legacy-scheme) MinHash of already-hashed shingles, in blocks: (num_perm,) uint64."""
+  a, b = (np.asarray(p, np.uint64)[:, None].T for p in permutations)
+  sig = np.full(a.shape[1], 0xFFFFFFFF, np.uint64)
+  h = shingles.astype(np.uint64)[:, None]
+  for start in range(0, len(h), _BLOCK):
+    values = ((h[start:start + _BLOCK] * a + b) % _MERSENNE) & np.uint64(0xFFFFFFFF)
+    sig = np.minimum(sig, values.min(axis=0))
+  return sig
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+  """One 64-bit key per LSH band: documents sharing any key are candidate pairs."""
+  grid = sig[:bands * rows].reshape(bands, rows)
+  with np.errstate(over='ignore'):  # Wrapping multiplication is the point.
+    return (grid * _BAND_MIX[:rows]).sum(axis=1, dtype=np.uint64)
+
+
+def near_removed(order: np.ndarray, edges: np.ndarray) -> set:
+  """Documents removed as near duplicates: visiting ``order`` (ascending content hash), a
+  document goes when an edge joins it to one already kept.
+
+  This is OpenWebText's in-order rule with the order fixed by content, so which member of
+  a cluster survives depends neither on input order nor on how the work was split.
+  """
+  neighbours: dict[int, list[int]] = {}
+  for i, j in edges.tolist():
+    neighbours.setdefault(i, []).append(j)
+    neighbours.setdefault(j, []).append(i)
+  kept, removed = set(), set()
+  for doc in order.tolist():
+    if doc not in neighbours:
+      continue
+    (removed if any(n in kept for n in neighbours[doc]) else kept).add(doc)
+  return removed
