@@ -15,7 +15,6 @@ import hashlib
 import zlib
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 # Seen by every run: MinHash permutations come from this seed, so results are reproducible.
 SEED = 1
@@ -64,13 +63,16 @@ class NearDuplicates:
   """An index of kept documents; ``seen(text)`` says whether a near duplicate is already in."""
 
   def __init__(self, threshold: float = 0.5, ngram: int = 5, num_perm: int = 128):
+    from datasketch import MinHashLSH  # Imported here: it takes seconds, and only this needs it.
     self.threshold, self.ngram, self.num_perm = threshold, ngram, num_perm
     self.lsh = MinHashLSH(num_perm=num_perm, params=lsh_bands(threshold, num_perm))
     self.shingles: list[np.ndarray] = []  # Of kept documents, indexed by LSH key.
+    from datasketch import MinHash
     self.permutations = MinHash(num_perm=num_perm, seed=SEED).permutations
 
-  def _sketch(self, shingles: np.ndarray) -> MinHash:
+  def _sketch(self, shingles: np.ndarray):
     """The MinHash of already-hashed shingles (permutations drawn once, not per document)."""
+    from datasketch import MinHash
     sketch = MinHash(num_perm=self.num_perm, seed=SEED, hashfunc=int, scheme='affine32',
                      permutations=self.permutations)
     sketch.update_batch(shingles.tolist())
@@ -92,6 +94,14 @@ _BAND_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
                      np.uint64)  # Odd multipliers that fold a band's rows into one 64-bit key.
 _MERSENNE = np.uint64((1 << 61) - 1)
 _BLOCK = 2048  # Shingles per step: bounds the (shingles x permutations) temporary.
+
+
+def permutations(num_perm: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+  """datasketch's legacy-scheme MinHash permutations (a, b), without importing datasketch."""
+  gen = np.random.RandomState(seed)
+  a_b = [(gen.randint(1, _MERSENNE, dtype=np.uint64), gen.randint(0, _MERSENNE, dtype=np.uint64))
+         for _ in range(num_perm)]
+  return np.array(a_b, np.uint64).T
 
 
 def signature(shingles: np.ndarray, permutations) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
+from datatrove.utils.stats import PipelineStats
 
 from trainer import dedup, language, shards
 from trainer import tokenizer as tokenizer_lib
@@ -41,18 +42,30 @@ class Executor(LocalPipelineExecutor):
   """datatrove's local executor, without its per-task console logging (prepare reports)."""
 
   def run(self):
+    if self.workers == 1:  # datatrove's own loop for one worker, minus its Manager process.
+      for rank in self.get_incomplete_ranks():
+        self._run_for_rank(rank)
+      return
     # datatrove's Manager() takes the default start method, fork; a process that runs
     # threads (JAX, tiktoken) must not fork, so it gets the pool's method too.
     old = multiprocess.get_start_method(allow_none=True)
     multiprocess.set_start_method(self.start_method, force=True)
+    logger.disable('datatrove')
     try:
       return super().run()
     finally:
       multiprocess.set_start_method(old, force=True)
 
   def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-    logger.disable('datatrove')
-    return super()._run_for_rank(rank, local_rank, node_rank)
+    # datatrove's version adds three loguru sinks per task (~0.1 s each) and per-task stats
+    # files; prepare reports for itself. Completion marking is datatrove's own.
+    logger.disable('datatrove')  # In a pool worker too.
+    if self.is_rank_completed(rank):
+      return PipelineStats()
+    for step in self.pipeline:
+      step(None, rank, self.world_size)
+    self.mark_rank_as_completed(rank)
+    return PipelineStats(self.pipeline)
 
 
 class _Step(PipelineStep):
@@ -80,7 +93,7 @@ class Clean(_Step):
     is_val = rank >= cfg['train_shards']
     tok = _tokenizer(cfg['tokenizer'], cfg['bpe_dir'])
     keep_text = None if is_val else language.keeper(cfg['language'], cfg['language_filter'])
-    permutations = _permutations()
+    permutations = dedup.permutations(NUM_PERM)
     digests, ntokens, fate, keys = [], [], [], []
     (self.work / 'tok').mkdir(exist_ok=True)
     with open(self.work / 'tok' / f'{rank:05d}.bin.tmp', 'wb') as out:
@@ -110,11 +123,6 @@ def _tokenizer(name: str, bpe_dir: str):
   if name not in _TOKENIZERS:
     _TOKENIZERS[name] = tokenizer_lib.get(name, bpe_dir or None)
   return _TOKENIZERS[name]
-
-
-def _permutations():
-  from datasketch import MinHash
-  return MinHash(num_perm=NUM_PERM, seed=dedup.SEED, scheme='legacy').permutations
 
 
 def _shard_columns(work: pathlib.Path, cfg: dict, band: int):
@@ -192,7 +200,11 @@ class Confirm(_Step):
 
 
 def run(work: pathlib.Path, cfg: dict, workers: int):
-  """Runs the three stages (skipping tasks a killed run finished)."""
+  """Runs the three stages (skipping tasks a killed run finished).
+
+  A corpus of one shard runs in this process: starting a pool costs more than it saves.
+  """
+  workers = min(workers, len(cfg['sizes']))
   stages = [(Clean, len(cfg['sizes']))]
   if cfg['near']:
     stages += [(Candidates, cfg['bands']), (Confirm, CONFIRM_TASKS)]
