@@ -26,15 +26,35 @@ def digest(text: str) -> bytes:
   return hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=16).digest()
 
 
+_SPACE = np.zeros(256, bool)
+_SPACE[[9, 10, 11, 12, 13, 32]] = True  # ASCII whitespace separates words.
+_WORD_BASE = np.uint64(0x100000001B3)   # Odd, so invertible modulo 2**64.
+_WORD_BASE_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
+
+
+def word_hashes(text: str) -> np.ndarray:
+  """A 64-bit hash of every word (run of non-whitespace bytes), all computed in numpy.
+
+  Polynomial prefix sums over the UTF-8 bytes: word [s, e) hashes to
+  (H[e] - H[s]) * BASE**-s, arithmetic modulo 2**64, with no Python loop per word.
+  """
+  data = np.frombuffer(text.encode('utf-8', 'surrogatepass'), np.uint8)
+  edges = np.diff(np.concatenate([[0], (~_SPACE[data]).astype(np.int8), [0]]))
+  starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+  powers, inverse = (np.concatenate([[np.uint64(1)], np.cumprod(np.full(
+      max(len(data) - 1, 0), base, np.uint64), dtype=np.uint64)]) for base in
+      (_WORD_BASE, _WORD_BASE_INV))
+  prefix = np.concatenate([[np.uint64(0)], np.cumsum(data * powers, dtype=np.uint64)])
+  return (prefix[ends] - prefix[starts]) * inverse[starts]
+
+
 def shingle_hashes(text: str, n: int) -> np.ndarray:
   """Sorted unique 32-bit hashes of the word n-grams of ``text`` (one shingle if shorter).
 
-  Each word is hashed once (crc32) and an n-gram's hash is a polynomial in its words'
-  hashes, computed with numpy rather than by joining strings.
+  An n-gram's hash is a polynomial in its words' hashes (word_hashes), computed with
+  numpy rather than by joining strings.
   """
-  words = text.split()
-  w = np.fromiter((zlib.crc32(x.encode('utf-8', 'surrogatepass')) for x in words),
-                  np.uint64, len(words))
+  w = word_hashes(text)
   count = max(len(w) - n + 1, 1)
   h = np.zeros(count, np.uint64)
   for k in range(min(n, len(w))):
@@ -92,25 +112,27 @@ class NearDuplicates:
 
 _BAND_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9],
                      np.uint64)  # Odd multipliers that fold a band's rows into one 64-bit key.
-_MERSENNE = np.uint64((1 << 61) - 1)
 _BLOCK = 2048  # Shingles per step: bounds the (shingles x permutations) temporary.
 
 
 def permutations(num_perm: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-  """datasketch's legacy-scheme MinHash permutations (a, b), without importing datasketch."""
-  gen = np.random.RandomState(seed)
-  a_b = [(gen.randint(1, _MERSENNE, dtype=np.uint64), gen.randint(0, _MERSENNE, dtype=np.uint64))
-         for _ in range(num_perm)]
-  return np.array(a_b, np.uint64).T
+  """(a, b) of ``num_perm`` multiply-shift hash functions h -> ((a*h + b) mod 2**64) >> 32."""
+  gen = np.random.default_rng(seed)
+  a = gen.integers(0, 2**63, num_perm, np.uint64) * np.uint64(2) + np.uint64(1)  # Odd.
+  return a, gen.integers(0, 2**63, num_perm, np.uint64)
 
 
-def signature(shingles: np.ndarray, permutations) -> np.ndarray:
-  """datasketch's (legacy-scheme) MinHash of already-hashed shingles, in blocks: (num_perm,) uint64."""
-  a, b = (np.asarray(p, np.uint64)[:, None].T for p in permutations)
-  sig = np.full(a.shape[1], 0xFFFFFFFF, np.uint64)
+def signature(shingles: np.ndarray, perms) -> np.ndarray:
+  """The MinHash of already-hashed shingles: per function, the least hash. (num_perm,) uint64.
+
+  Multiply-shift (a universal family) needs no division, unlike datasketch's mod-prime
+  permutations; shingles go in blocks to bound the (shingles x functions) temporary.
+  """
+  a, b = perms
+  sig = np.full(len(a), 0xFFFFFFFF, np.uint64)
   h = shingles.astype(np.uint64)[:, None]
   for start in range(0, len(h), _BLOCK):
-    values = ((h[start:start + _BLOCK] * a + b) % _MERSENNE) & np.uint64(0xFFFFFFFF)
+    values = (h[start:start + _BLOCK] * a + b) >> np.uint64(32)
     sig = np.minimum(sig, values.min(axis=0))
   return sig
 

@@ -31,7 +31,6 @@ import time
 import numpy as np
 
 from trainer import corpus, dedup, language, selection, shards, stages
-from trainer import tokenizer as tokenizer_lib
 from trainer.config import ConfigError
 
 DATASET_NAME = 'tokenized_corpus'
@@ -178,7 +177,7 @@ def prepare(opts: Options, say=print) -> dict:
   opts = dataclasses.replace(opts, workers=opts.workers or default_workers())
   _validate(opts)
   started = time.perf_counter()
-  tokenizer = tokenizer_lib.get(opts.tokenizer, opts.bpe_dir or None)
+  tokenizer = stages.tokenizer(opts.tokenizer, opts.bpe_dir)  # Shared with in-process stages.
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
   out = pathlib.Path(opts.output).absolute()
   work = out.parent / f'.{out.name}.incomplete'
@@ -187,10 +186,14 @@ def prepare(opts: Options, say=print) -> dict:
     manifest = shards.write(work / 'shards', opts.inputs, opts.val_inputs, opts.text_field,
                             opts.separator, opts.shard_bytes)
     _check_read(opts, manifest)
-    cfg = _stage_config(opts, tokenizer, manifest, dtype)
-    stages.run(work, cfg, opts.workers)
+    marks = [time.perf_counter()]  # Phases: sequential read, parallel stages, selection.
+    stages.run(work, _stage_config(opts, tokenizer, manifest, dtype), opts.workers)
+    marks.append(time.perf_counter())
     sel = selection.select(work, manifest, opts.val_fraction)
+    marks.append(time.perf_counter())
     stats = _finish_stats(opts, tokenizer, sel.stats, manifest)
+    stats['seconds_read'], stats['seconds_stages'], stats['seconds_select'] = (
+        round(b - a, 3) for a, b in zip([started] + marks, marks))
     _report(stats, say)
     selection.balance(sel, opts.val_fraction)
     stats.update({f'documents_{s}': len(sel.splits[s]) for s in SPLITS})

@@ -91,7 +91,7 @@ class Clean(_Step):
   def run(self, data=None, rank: int = 0, world_size: int = 1):
     cfg = self.cfg
     is_val = rank >= cfg['train_shards']
-    tok = _tokenizer(cfg['tokenizer'], cfg['bpe_dir'])
+    tok = tokenizer(cfg['tokenizer'], cfg['bpe_dir'])
     keep_text = None if is_val else language.keeper(cfg['language'], cfg['language_filter'])
     permutations = dedup.permutations(NUM_PERM)
     digests, ntokens, fate, keys = [], [], [], []
@@ -119,7 +119,8 @@ class Clean(_Step):
     return iter(())
 
 
-def _tokenizer(name: str, bpe_dir: str):
+def tokenizer(name: str, bpe_dir: str):
+  """This process's tokenizer called ``name``, loaded once."""
   if name not in _TOKENIZERS:
     _TOKENIZERS[name] = tokenizer_lib.get(name, bpe_dir or None)
   return _TOKENIZERS[name]
