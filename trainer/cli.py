@@ -122,7 +122,7 @@ def cmd_prepare(args, overrides) -> int:
       separator=corpus.parse_separator(args.separator), min_length=args.min_length,
       near_threshold=args.near_threshold, ngram=args.ngram,
       language_filter=args.language_filter, overwrite=args.overwrite,
-      workers=prepare.default_workers() if args.workers is None else args.workers,
+      workers=args.workers,
       val_inputs=args.val_input or [], language=args.language)
   prepare.prepare(opts)
   return 0

@@ -51,7 +51,7 @@ class Options:
   ngram: int = 5                 # Words per shingle.
   language_filter: str = ''      # 'module:function' taking a document, True to keep it.
   overwrite: bool = False
-  workers: int = 0               # Processes; 0 = every core this process may use.
+  workers: int | None = None     # Processes; None = every core this process may use.
   val_inputs: list[str] = dataclasses.field(default_factory=list)  # Explicit validation split.
   language: str = ''             # Keep only documents langid finds in this language ('en').
   shard_bytes: int = 8 << 20     # Text per task; fixed so output does not depend on workers.
@@ -174,7 +174,8 @@ def _stage_config(opts: Options, tokenizer, manifest: dict, dtype) -> dict:
 
 def prepare(opts: Options, say=print) -> dict:
   """Runs the whole preparation; returns the stats written to OUTPUT/stats.json."""
-  opts = dataclasses.replace(opts, workers=opts.workers or default_workers())
+  if opts.workers is None:
+    opts = dataclasses.replace(opts, workers=default_workers())
   _validate(opts)
   started = time.perf_counter()
   tokenizer = stages.tokenizer(opts.tokenizer, opts.bpe_dir)  # Shared with in-process stages.
