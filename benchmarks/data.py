@@ -101,8 +101,10 @@ from trainer import prepare
 if __name__ == '__main__':
   stats = prepare.prepare(prepare.Options(inputs=[{corpus!r}], output={out!r}, bpe_dir={bpe!r},
                                           workers={workers}, overwrite=True), say=lambda *a: None)
-  rss = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-  print(json.dumps({{**stats, 'peak_rss_mb': rss / 1024}}))
+  use = [resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+  cpu = sum(u.ru_utime + u.ru_stime for u in use)  # Children: the pool workers, once reaped.
+  print(json.dumps({{**stats, 'peak_rss_mb': max(u.ru_maxrss for u in use) / 1024,
+                    'cpu_seconds': cpu}}))
 '''
 
 
@@ -140,12 +142,13 @@ def scale_main(args):
         digests[workers] = _digest_dir(out)
   print(f'corpus: {mb:.0f} MB JSON Lines from ../shared/data, '
         f'{rows[0][1]["documents_in"]:,} documents\n')
-  print('| workers | MB/s | s read / stages / select / total | kept | near dups removed | '
-        'peak RSS MB |')
-  print('|---|---|---|---|---|---|')
+  print('| workers | MB/s | s read / stages / select / total | CPU s | MB per CPU-s | kept | '
+        'near dups removed | peak RSS MB |')
+  print('|---|---|---|---|---|---|---|---|')
   for workers, r in rows:
     print(f"| {workers} | {r['mb_per_s']:.2f} | {r['seconds_read']:.0f} / {r['seconds_stages']:.0f}"
-          f" / {r['seconds_select']:.0f} / {r['seconds']:.0f} | {r['documents_out']:,} | "
+          f" / {r['seconds_select']:.0f} / {r['seconds']:.0f} | {r.get('cpu_seconds', 0):.0f} | "
+          f"{r['bytes_in'] / 1e6 / max(r.get('cpu_seconds', 0), 1e-9):.2f} | {r['documents_out']:,} | "
           f"{r['removed_near_duplicates']:,} | {r['peak_rss_mb']:.0f} |")
   one = [r for w, r in rows if w == 1][-1]
   two = [r for w, r in rows if w == 2][-1]

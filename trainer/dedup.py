@@ -12,7 +12,6 @@ fixed-size keys per document and choose survivors by content hash, not input ord
 from __future__ import annotations
 
 import hashlib
-import zlib
 
 import numpy as np
 
