@@ -2,8 +2,9 @@
 and the ``--language_filter module:function`` hook.
 
 langid (1.1.6) was chosen over lingua-language-detector after measuring both on
-WikiText lines (docs/design.md): about 3x faster per byte, its model ships inside the
-wheel, and it is pure Python + numpy. Only the first ``PREFIX_CHARS`` characters of
+WikiText lines (benchmarks/language.py): about 3x faster per CPU-second with one BLAS
+thread (stages.Clean sets that), its model ships inside the wheel, and it is pure
+Python + numpy. Only the first ``PREFIX_CHARS`` characters of
 a document are classified: the cost per document is then bounded, and a web page's
 language is settled well within them.
 """

@@ -89,6 +89,14 @@ class Clean(_Step):
   name = 'clean'
 
   def run(self, data=None, rank: int = 0, world_size: int = 1):
+    from threadpoolctl import threadpool_limits
+    # One worker per core: BLAS threads (langid's matrix products) would only contend;
+    # measured 4x slower language detection with them on a busy machine.
+    with threadpool_limits(1):
+      self._clean(rank)
+    return iter(())
+
+  def _clean(self, rank: int):
     cfg = self.cfg
     is_val = rank >= cfg['train_shards']
     tok = tokenizer(cfg['tokenizer'], cfg['bpe_dir'])
@@ -116,7 +124,6 @@ class Clean(_Step):
     self._save(f'meta/{rank:05d}.npz', digest=np.asarray(digests, np.uint8).reshape(n, 16),
                ntokens=np.asarray(ntokens, np.int64), fate=np.asarray(fate, np.uint8),
                keys=np.asarray(keys, np.uint64).reshape(len(keys), cfg['bands']))
-    return iter(())
 
 
 def tokenizer(name: str, bpe_dir: str):
