@@ -2,6 +2,16 @@
 
     python benchmarks/data.py                     # ../shared/data texts, prints a Markdown table
     python benchmarks/data.py --input FILE_OR_DIR --separator '\\n\\n' --batches 200
+    python benchmarks/data.py --scale_mb 200      # prepare on 1 and 2 workers, ~200 MB corpus
+    python benchmarks/data.py --scale_mb 20       # the same, quick
+
+``--scale_mb`` builds a corpus from ../shared/data texts (3 KB documents, copied with
+word-level perturbations: light ones make near duplicates, heavy ones new documents),
+runs ``trainer prepare --workers N`` on it in a fresh process per N (interleaved:
+1, 2, 1, 2 with ``--repeats 2``), and reports MB/s, seconds by phase, the peak RSS of
+the largest process, whether the outputs are byte-identical, and the hours 40 GB would
+take on 1, 8 and 64 cores (the sequential phases scaled by size, the parallel ones by
+size over cores, at the per-worker rate measured with 2 workers).
 
 Prepare is timed on the whole pipeline (read, exact dedup, GPT-2 BPE, length filter,
 near-dedup, TFDS array_record write), once with and once without the near-duplicate
@@ -11,6 +21,7 @@ figure to beat is 10x what training that shape consumes on this CPU (~180 tokens
 docs/benchmarks.md).
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -22,7 +33,9 @@ sys.path.insert(0, ROOT)
 
 from trainer import config, data, prepare  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+SHARED = next((p for p in (os.path.join(os.path.dirname(ROOT), 'shared', 'data'),  # main checkout
+                           os.path.join(os.path.dirname(os.path.dirname(ROOT)), 'shared', 'data'))
+               if os.path.isdir(p)), os.path.join(os.path.dirname(ROOT), 'shared', 'data'))
 TRAINING_TOKENS_PER_S = 180  # gpt2-124M shape on this 2-vCPU machine, upper end (docs/benchmarks.md).
 
 
@@ -47,6 +60,107 @@ def time_loader(path: str, seq_len: int, batch: int, batches: int) -> float:
   return tokens / (time.perf_counter() - started)
 
 
+def build_corpus(root: str, megabytes: float, seed: int = 0) -> int:
+  """~``megabytes`` of JSON Lines documents from ../shared/data, with perturbed copies."""
+  import json
+  import random
+  texts = [open(os.path.join(SHARED, 'tinyshakespeare', 'input.txt')).read(),
+           open(os.path.join(SHARED, 'wikitext-2-raw', 'wiki.test.raw')).read()]
+  with open(os.path.join(SHARED, 'lambada', 'lambada_test.jsonl')) as f:
+    texts.append('\n'.join(json.loads(line)['text'] for line in f))
+  base, doc = [], []
+  for line in '\n'.join(texts).splitlines():
+    doc.append(line)
+    if sum(map(len, doc)) > 3000:
+      base.append('\n'.join(doc))
+      doc = []
+  vocab = sorted(set(' '.join(base).split()))
+  rng, written, part = random.Random(seed), 0, 0
+  os.makedirs(root, exist_ok=True)
+  out = open(os.path.join(root, f'part{part:03d}.jsonl'), 'w')
+  while written < megabytes * 1e6:
+    text = rng.choice(base)
+    # 2% of words changed: a near duplicate (5-gram Jaccard ~0.8); 40%: a new document.
+    rate = 0.02 if rng.random() < 0.3 else 0.4
+    words = [w if rng.random() > rate else rng.choice(vocab) for w in text.split(' ')]
+    line = json.dumps({'text': ' '.join(words)}) + '\n'
+    out.write(line)
+    written += len(line)
+    if out.tell() > 20e6:
+      out.close()
+      part += 1
+      out = open(os.path.join(root, f'part{part:03d}.jsonl'), 'w')
+  out.close()
+  return written
+
+
+_RUN = '''
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from trainer import prepare
+if __name__ == '__main__':
+  stats = prepare.prepare(prepare.Options(inputs=[{corpus!r}], output={out!r}, bpe_dir={bpe!r},
+                                          workers={workers}, overwrite=True), say=lambda *a: None)
+  use = [resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+  cpu = sum(u.ru_utime + u.ru_stime for u in use)  # Children: the pool workers, once reaped.
+  print(json.dumps({{**stats, 'peak_rss_mb': max(u.ru_maxrss for u in use) / 1024,
+                    'cpu_seconds': cpu}}))
+'''
+
+
+def time_scale(corpus: str, out: str, workers: int, bpe_dir: str) -> dict:
+  """One `prepare --workers N` in a fresh process; its stats plus peak RSS."""
+  import subprocess
+  code = _RUN.format(root=ROOT, corpus=corpus, out=out, bpe=bpe_dir, workers=workers)
+  script = os.path.join(os.path.dirname(out), 'run_prepare.py')
+  with open(script, 'w') as f:
+    f.write(code)
+  done = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _digest_dir(path: str) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  for dirpath, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      if 'array_record' in name:
+        h.update(open(os.path.join(dirpath, name), 'rb').read())
+  return h.hexdigest()
+
+
+def scale_main(args):
+  with tempfile.TemporaryDirectory() as tmp:
+    corpus = os.path.join(tmp, 'corpus')
+    mb = build_corpus(corpus, args.scale_mb) / 1e6
+    rows, digests = [], {}
+    for _ in range(args.repeats):
+      for workers in (1, 2):
+        out = os.path.join(tmp, f'out{workers}')
+        rows.append((workers, time_scale(corpus, out, workers, args.bpe_dir)))
+        digests[workers] = _digest_dir(out)
+  print(f'corpus: {mb:.0f} MB JSON Lines from ../shared/data, '
+        f'{rows[0][1]["documents_in"]:,} documents\n')
+  print('| workers | MB/s | s read / stages / select / total | CPU s | MB per CPU-s | kept | '
+        'near dups removed | peak RSS MB |')
+  print('|---|---|---|---|---|---|---|---|')
+  for workers, r in rows:
+    print(f"| {workers} | {r['mb_per_s']:.2f} | {r['seconds_read']:.0f} / {r['seconds_stages']:.0f}"
+          f" / {r['seconds_select']:.0f} / {r['seconds']:.0f} | {r.get('cpu_seconds', 0):.0f} | "
+          f"{r['bytes_in'] / 1e6 / max(r.get('cpu_seconds', 0), 1e-9):.2f} | {r['documents_out']:,} | "
+          f"{r['removed_near_duplicates']:,} | {r['peak_rss_mb']:.0f} |")
+  one = [r for w, r in rows if w == 1][-1]
+  two = [r for w, r in rows if w == 2][-1]
+  print(f'\n2 workers / 1 worker: {two["mb_per_s"] / one["mb_per_s"]:.2f}x; array_record bytes '
+        f'identical: {digests[1] == digests[2]}')
+  size = two['bytes_in'] / 1e6
+  serial = two['seconds'] - two['seconds_stages']
+  for cores in (1, 8, 64):
+    hours = 40e3 / size * (serial + two['seconds_stages'] * 2 / cores) / 3600
+    print(f'projected 40 GB on {cores} cores: {hours:.1f} h')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--input', nargs='+', default=[
@@ -54,7 +168,11 @@ def main():
   parser.add_argument('--separator', default=r'\n\n')
   parser.add_argument('--bpe_dir', default=os.path.join(SHARED, 'gpt2_bpe'))
   parser.add_argument('--batches', type=int, default=100)
+  parser.add_argument('--scale_mb', type=float, help='prepare on 1 and 2 workers, this big a corpus')
+  parser.add_argument('--repeats', type=int, default=1, help='interleaved runs per worker count')
   args = parser.parse_args()
+  if args.scale_mb:
+    return scale_main(args)
   separator = args.separator.encode().decode('unicode_escape')
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'data')

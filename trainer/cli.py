@@ -134,7 +134,9 @@ def cmd_prepare(args, overrides) -> int:
       val_fraction=args.val_fraction, text_field=args.text_field,
       separator=corpus.parse_separator(args.separator), min_length=args.min_length,
       near_threshold=args.near_threshold, ngram=args.ngram,
-      language_filter=args.language_filter, overwrite=args.overwrite)
+      language_filter=args.language_filter, overwrite=args.overwrite,
+      workers=args.workers,
+      val_inputs=args.val_input or [], language=args.language)
   prepare.prepare(opts)
   return 0
 
@@ -158,6 +160,13 @@ def _prepare_parser(verbs):
   add_flag(p, '--ngram', Key(5, ge=1), help='words per shingle')
   p.add_argument('--language_filter', default='',
                  help='module:function called with each document; False drops it')
+  p.add_argument('--language', default='',
+                 help="keep only documents in this language (ISO 639-1, e.g. 'en'; langid)")
+  p.add_argument('--val_input', nargs='+',
+                 help='validation documents (files or directories) instead of the hash split; '
+                 'their near duplicates are removed from train')
+  p.add_argument('--workers', type=int, help='processes (default: all cores); output is the '
+                 'same for any number')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DATA_DIR')
   p.set_defaults(run=cmd_prepare)
 

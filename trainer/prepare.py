@@ -1,25 +1,32 @@
 """``trainer prepare``: raw text to a cleaned, tokenized TensorFlow Datasets directory.
 
 Stages, in order, each counting the documents and tokens it removes: exact
-duplicates (content hash), an optional language filter, minimum length in tokens,
-near duplicates (MinHash LSH over word 5-grams, Jaccard > 0.5; see dedup.py).
-Short documents are dropped before the near-duplicate index so they never occupy
-it. Kept documents go to the train or validation split by their content hash (a
-stable choice: reordering the inputs does not move a document between splits).
+duplicates (content hash), language (``--language CODE`` and/or a hook), minimum
+length in tokens, near duplicates of the ``--val_input`` documents, near duplicates
+among the rest (MinHash LSH over word 5-grams, Jaccard > 0.5 checked exactly; see
+dedup.py). Of a near-duplicate cluster, the document with the smallest content hash
+survives. Kept documents go to the train or validation split by their content hash
+(a stable choice: reordering the inputs does not move a document between splits),
+unless ``--val_input`` names the validation documents.
 
+The work runs in datatrove tasks over fixed-size shards (shards.py, stages.py) on
+``--workers`` processes; the output is identical for any worker count. All of it
+happens in a hidden sibling directory ``.NAME.incomplete``: a run that is killed and
+started again with the same inputs and options continues from the finished tasks.
 The output is an array_record TFDS dataset (``tfds.builder_from_directory(DIR)``
 reads it, without TensorFlow) plus ``stats.json`` and ``lengths_SPLIT.npy`` (each
-document's token count, in the dataset's order, for the loader's global row order). Everything is built in a hidden
-sibling directory and renamed into place at the end, so an interrupted run never
-leaves a directory that looks finished, and an existing one is replaced only with
-``overwrite``. On object storage (no rename) it is built in a local temporary
-directory and uploaded with ``stats.json`` last: readers take a directory without
+document's token count, in the dataset's order, for the loader's global row order),
+renamed into place at the end, so no directory looks finished before it is, and an
+existing one is replaced only with ``overwrite``. On object storage (no rename) the
+work directory is local (named after the URL, so a killed run still resumes) and the
+result is uploaded with ``stats.json`` last: readers take a directory without
 ``stats.json`` as unfinished (storage.upload_dir).
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -29,13 +36,11 @@ import time
 
 import numpy as np
 
-from trainer import corpus, dedup, storage
-from trainer import tokenizer as tokenizer_lib
+from trainer import corpus, dedup, language, selection, shards, stages, storage
 from trainer.config import ConfigError
 
 DATASET_NAME = 'tokenized_corpus'
 SPLITS = ('train', 'validation')
-_CHUNK = 256  # Documents tokenized together (tiktoken's thread pool works per batch).
 
 
 @dataclasses.dataclass
@@ -52,134 +57,46 @@ class Options:
   ngram: int = 5                 # Words per shingle.
   language_filter: str = ''      # 'module:function' taking a document, True to keep it.
   overwrite: bool = False
+  workers: int | None = None     # Processes; None = every core this process may use.
+  val_inputs: list[str] = dataclasses.field(default_factory=list)  # Explicit validation split.
+  language: str = ''             # Keep only documents langid finds in this language ('en').
+  shard_bytes: int = 8 << 20     # Text per task; fixed so output does not depend on workers.
 
 
-class TokenStore:
-  """Append-only token file plus lengths: one split's documents before they go into TFDS."""
-
-  def __init__(self, path: pathlib.Path, dtype):
-    self.path, self.dtype, self.lengths = path, dtype, []
-    self.file = open(path, 'wb')
-
-  def add(self, ids: np.ndarray):
-    self.file.write(np.asarray(ids, self.dtype).tobytes())
-    self.lengths.append(len(ids))
-
-  def pop(self) -> np.ndarray:
-    """Removes and returns the last document."""
-    self.file.flush()
-    n = self.lengths.pop()
-    end = self.file.tell()
-    start = end - n * np.dtype(self.dtype).itemsize
-    ids = np.fromfile(self.path, self.dtype, n, offset=start)
-    self.file.seek(start)
-    self.file.truncate()
-    return ids
-
-  def documents(self):
-    self.file.flush()
-    tokens = np.memmap(self.path, self.dtype, 'r') if sum(self.lengths) else np.zeros(0, self.dtype)
-    start = 0
-    for i, n in enumerate(self.lengths):
-      yield i, {'tokens': tokens[start:start + n]}
-      start += n
+def default_workers() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
 def _validate(opts: Options):
   if storage.exists(opts.output) and not opts.overwrite:
     raise ConfigError(f'--output: {opts.output!r} already exists; pass --overwrite to replace it '
                       'or choose another directory')
+  if opts.workers < 1:
+    raise ConfigError(f'--workers={opts.workers}: must be >= 1 (default: all cores)')
   if not 0 <= opts.val_fraction < 1:
     raise ConfigError(f'--val_fraction={opts.val_fraction}: must be in [0, 1)')
   if not 0 < opts.near_threshold <= 1:
     raise ConfigError(f'--near_threshold={opts.near_threshold}: must be in (0, 1] (1 turns it off)')
   if opts.min_length < 0 or opts.ngram < 1:
     raise ConfigError('--min_length must be >= 0 and --ngram >= 1')
+  if opts.shard_bytes < 1:
+    raise ConfigError(f'shard_bytes={opts.shard_bytes}: must be >= 1')
+  for path in opts.val_inputs:
+    if not os.path.exists(path):
+      raise ConfigError(f'--val_input: no such file or directory {path!r}; name your validation '
+                        'text or JSON Lines files')
+  language.check(opts.language, opts.language_filter)
   corpus.input_files(opts.inputs)  # Missing paths fail here, before any work.
 
 
-def _language_filter(spec: str):
-  if not spec:
-    return None
-  module, _, name = spec.partition(':')
-  try:
-    fn = getattr(importlib.import_module(module), name)
-  except (ImportError, AttributeError, ValueError) as e:
-    raise ConfigError(f'--language_filter={spec!r}: cannot import it ({e}); '
-                      'write module:function, the function taking a document and returning '
-                      'True to keep it') from None
-  return fn
+def _build_tfds(documents, tokenizer, data_dir: pathlib.Path, dtype) -> pathlib.Path:
+  """Writes the splits as an array_record TFDS dataset; returns its versioned directory.
 
-
-class Cleaner:
-  """Runs the cleaning stages over chunks of documents and counts what each removes."""
-
-  def __init__(self, opts: Options, tokenizer, stores: dict):
-    self.opts, self.tokenizer, self.stores = opts, tokenizer, stores
-    self.keep_language = _language_filter(opts.language_filter)
-    self.near = None
-    if opts.near_threshold < 1:
-      self.near = dedup.NearDuplicates(opts.near_threshold, opts.ngram)
-    self.seen: dict[bytes, int] = {}  # Content hash -> tokens, of every distinct document.
-    self.stats = {k: 0 for k in (
-        'documents_in', 'tokens_in', 'removed_exact_duplicates', 'removed_exact_duplicates_tokens',
-        'removed_language', 'removed_language_tokens', 'removed_short', 'removed_short_tokens',
-        'removed_near_duplicates', 'removed_near_duplicates_tokens', 'documents_out',
-        'tokens_out')}
-
-  def _remove(self, stage: str, tokens: int):
-    self.stats[stage] += 1
-    self.stats[stage + '_tokens'] += tokens
-
-  def chunk(self, texts: list[str]):
-    s = self.stats
-    s['documents_in'] += len(texts)
-    digests = [dedup.digest(t) for t in texts]
-    new, first = [], {}
-    for i, d in enumerate(digests):
-      if d not in self.seen and d not in first:
-        first[d] = i
-        new.append(i)
-    for i, ids in zip(new, self.tokenizer.encode_batch([texts[i] for i in new])):
-      self.seen[digests[i]] = len(ids)
-      self._keep_or_drop(texts[i], ids, digests[i])
-    for i, d in enumerate(digests):
-      if first.get(d) != i:
-        self._remove('removed_exact_duplicates', self.seen[d])
-        s['tokens_in'] += self.seen[d]
-
-  def _keep_or_drop(self, text: str, ids: np.ndarray, digest: bytes):
-    self.stats['tokens_in'] += len(ids)
-    if self.keep_language and not self.keep_language(text):
-      return self._remove('removed_language', len(ids))
-    if len(ids) < self.opts.min_length:
-      return self._remove('removed_short', len(ids))
-    if self.near and self.near.seen(text):
-      return self._remove('removed_near_duplicates', len(ids))
-    self.stats['documents_out'] += 1
-    self.stats['tokens_out'] += len(ids)
-    # The first 8 bytes of the hash, as a fraction of 2**64, choose the split.
-    to_val = int.from_bytes(digest[:8], 'little') < self.opts.val_fraction * 2.0**64
-    self.stores['validation' if to_val else 'train'].add(ids)
-
-
-def _balance(stores: dict, val_fraction: float):
-  """Makes sure each split asked for holds at least one document."""
-  train, val = stores['train'], stores['validation']
-  if val_fraction > 0 and len(train.lengths) + len(val.lengths) < 2:
-    raise ConfigError('only one document is left after cleaning, and a validation split needs '
-                      'another; split the text with --separator or pass --val_fraction 0')
-  if val_fraction > 0 and not val.lengths:
-    val.add(train.pop())
-  if not train.lengths:
-    train.add(val.pop())
-
-
-def _build_tfds(stores: dict, tokenizer, data_dir: pathlib.Path, dtype) -> pathlib.Path:
-  """Writes the splits as an array_record TFDS dataset; returns its versioned directory."""
+  ``documents(split)`` yields a split's (key, example) pairs; None for an empty split.
+  """
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
-  splits = [s for s in SPLITS if stores[s].lengths]
+  splits = [s for s in SPLITS if documents(s) is not None]
 
   class TokenizedCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Tokenized documents from `trainer prepare`, one example per document."""
@@ -198,7 +115,7 @@ def _build_tfds(stores: dict, tokenizer, data_dir: pathlib.Path, dtype) -> pathl
       return {s: self._generate_examples(s) for s in splits}
 
     def _generate_examples(self, split):
-      return stores[split].documents()
+      return documents(split)
 
     # TFDS prints "downloading and preparing" lines; prepare reports for itself.
     def _log_download_bytes(self):
@@ -235,11 +152,52 @@ def _move_into_place(built: pathlib.Path, out: str, work: pathlib.Path):
   built.rename(out)
 
 
+def _fingerprint(opts: Options) -> dict:
+  """What a resumed run must share with the killed one: options and input files."""
+  skip = ('output', 'overwrite', 'workers')
+  files = corpus.input_files(list(opts.inputs) + list(opts.val_inputs))
+  return {'options': {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip},
+          'files': [[str(f.absolute()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+
+def _open_work(work: pathlib.Path, opts: Options, say):
+  """Creates or resumes the work directory; returns its lock (held while the run lasts)."""
+  fingerprint = json.dumps(_fingerprint(opts), sort_keys=True)
+  work.mkdir(parents=True, exist_ok=True)
+  lock = open(work / 'lock', 'w')
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    raise ConfigError(f'--output: another trainer prepare is writing {opts.output!r} '
+                      f'(lock {work / "lock"}); wait for it to finish') from None
+  saved = work / 'fingerprint.json'
+  if saved.exists() and saved.read_text() == fingerprint:
+    done = len(list((work / 'logs' / 'clean' / 'completions').glob('*')))
+    say(f'resuming the run in {work} ({done} shards done before)')
+  else:
+    for child in work.iterdir():  # Another run's leftovers: start over.
+      if child.name != 'lock':
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    saved.write_text(fingerprint)
+  return lock
+
+
+def _stage_config(opts: Options, tokenizer, manifest: dict, dtype) -> dict:
+  bands, rows = dedup.lsh_bands(opts.near_threshold, stages.NUM_PERM)
+  return {'tokenizer': tokenizer.name, 'bpe_dir': opts.bpe_dir, 'language': opts.language,
+          'language_filter': opts.language_filter, 'min_length': opts.min_length,
+          'ngram': opts.ngram, 'threshold': opts.near_threshold, 'near': opts.near_threshold < 1,
+          'bands': bands, 'rows': rows, 'dtype': np.dtype(dtype).name,
+          'sizes': shards.sizes(manifest), 'train_shards': len(manifest['train']['sizes'])}
+
+
 def prepare(opts: Options, say=print) -> dict:
   """Runs the whole preparation; returns the stats written to OUTPUT/stats.json."""
+  if opts.workers is None:
+    opts = dataclasses.replace(opts, workers=default_workers())
   _validate(opts)
   started = time.perf_counter()
-  tokenizer = tokenizer_lib.get(opts.tokenizer, opts.bpe_dir or None)
+  tokenizer = stages.tokenizer(opts.tokenizer, opts.bpe_dir)  # Shared with in-process stages.
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
   out = storage.absolute(opts.output)
   if storage.is_remote(out):
@@ -247,55 +205,74 @@ def prepare(opts: Options, say=print) -> dict:
       storage.probe(out, '.write-test')  # A missing bucket fails now, not after the work.
     except storage.UnusableError as e:
       raise ConfigError(f'--output={e}') from None
-    work = pathlib.Path(tempfile.mkdtemp(prefix='trainer-prepare-'))
+    key = hashlib.sha256(out.encode()).hexdigest()[:16]
+    work = pathlib.Path(tempfile.gettempdir()) / f'trainer-prepare-{key}.incomplete'
   else:
-    parent = pathlib.Path(out).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    work = parent / f'.{pathlib.Path(out).name}.incomplete-{os.getpid()}'
-    work.mkdir()
+    work = pathlib.Path(out).parent / f'.{pathlib.Path(out).name}.incomplete'
+  lock = _open_work(work, opts, say)
   try:
-    stores = {s: TokenStore(work / f'{s}.bin', dtype) for s in SPLITS}
-    cleaner = Cleaner(opts, tokenizer, stores)
-    counts = corpus.Counts()
-    chunk = []
-    for text in corpus.documents(opts.inputs, opts.text_field, opts.separator, counts):
-      chunk.append(text)
-      if len(chunk) == _CHUNK:
-        cleaner.chunk(chunk)
-        chunk = []
-    cleaner.chunk(chunk)
-    stats = _finish_stats(opts, tokenizer, cleaner.stats, counts, stores, started)
+    manifest = shards.write(work / 'shards', opts.inputs, opts.val_inputs, opts.text_field,
+                            opts.separator, opts.shard_bytes)
+    _check_read(opts, manifest)
+    marks = [time.perf_counter()]  # Phases: sequential read, parallel stages, selection.
+    stages.run(work, _stage_config(opts, tokenizer, manifest, dtype), opts.workers)
+    marks.append(time.perf_counter())
+    sel = selection.select(work, manifest, opts.val_fraction)
+    marks.append(time.perf_counter())
+    stats = _finish_stats(opts, tokenizer, sel.stats, manifest)
+    stats['seconds_read'], stats['seconds_stages'], stats['seconds_select'] = (
+        round(b - a, 3) for a, b in zip([started] + marks, marks))
     _report(stats, say)
-    _balance(stores, opts.val_fraction)
-    stats.update({f'documents_{s}': len(stores[s].lengths) for s in SPLITS})
-    stats.update({f'tokens_{s}': int(sum(stores[s].lengths)) for s in SPLITS})
-    built = _build_tfds(stores, tokenizer, work / 'tfds', dtype)
-    stats['seconds'] = round(time.perf_counter() - started, 3)
-    stats['mb_per_s'] = round(stats['bytes_in'] / 1e6 / stats['seconds'], 3)
-    (built / 'stats.json').write_text(json.dumps(stats, indent=1) + '\n')
-    _record_lengths(built)
-    _move_into_place(built, out, work)
-  finally:
-    shutil.rmtree(work, ignore_errors=True)
+    selection.balance(sel, opts.val_fraction)
+    stats.update({f'documents_{s}': len(sel.splits[s]) for s in SPLITS})
+    stats.update({f'tokens_{s}': int(sel.ntokens[sel.splits[s]].sum()) for s in SPLITS})
+    _write_output(work, out, manifest, sel, stats, tokenizer, dtype, started)
+  except Exception:
+    shutil.rmtree(work, ignore_errors=True)  # Bad input or a bug: nothing to resume.
+    raise
+  lock.close()
+  shutil.rmtree(work, ignore_errors=True)
   say(f'wrote {out} ({stats["documents_out"]:,} documents, {stats["tokens_out"]:,} tokens, '
-      f'{stats["mb_per_s"]} MB/s)')
+      f'{stats["mb_per_s"]} MB/s, {opts.workers} workers)')
   return stats
 
 
-def _finish_stats(opts, tokenizer, cleaned: dict, counts, stores, started) -> dict:
-  stats = {'tokenizer': tokenizer.name, 'vocab_size': tokenizer.vocab_size, 'eot': tokenizer.eot,
-           **cleaned, **dataclasses.asdict(counts), 'min_length': opts.min_length,
-           'near_threshold': opts.near_threshold, 'ngram': opts.ngram,
-           'val_fraction': opts.val_fraction, 'inputs': [str(p) for p in opts.inputs]}
-  if stats['documents_in'] == 0:
+def _write_output(work: pathlib.Path, out: pathlib.Path, manifest: dict, sel, stats: dict,
+                  tokenizer, dtype, started: float):
+  """The one place that writes OUTPUT: TFDS splits and stats.json, then renamed into place."""
+  def documents(split):
+    ids = sel.splits[split]
+    return selection.token_documents(work, manifest, ids, dtype) if len(ids) else None
+  built = _build_tfds(documents, tokenizer, work / 'tfds', dtype)
+  stats['seconds'] = round(time.perf_counter() - started, 3)
+  stats['mb_per_s'] = round(stats['bytes_in'] / 1e6 / stats['seconds'], 3)
+  (built / 'stats.json').write_text(json.dumps(stats, indent=1) + '\n')
+  _record_lengths(built)
+  _move_into_place(built, out, work)
+
+
+def _check_read(opts: Options, manifest: dict):
+  if not sum(manifest['train']['sizes']):
     raise ConfigError(f'--input: found no documents in {" ".join(opts.inputs)} (empty files, or '
                       f'no JSON line with a {opts.text_field!r} field: --text_field names it)')
+  if opts.val_inputs and not sum(manifest['validation']['sizes']):
+    raise ConfigError(f'--val_input: found no documents in {" ".join(opts.val_inputs)}')
+
+
+def _finish_stats(opts, tokenizer, cleaned: dict, manifest: dict) -> dict:
+  stats = {'tokenizer': tokenizer.name, 'vocab_size': tokenizer.vocab_size, 'eot': tokenizer.eot,
+           **cleaned, **manifest['train']['counts'], 'min_length': opts.min_length,
+           'near_threshold': opts.near_threshold, 'ngram': opts.ngram,
+           'val_fraction': 0.0 if opts.val_inputs else opts.val_fraction,
+           'language': opts.language, 'workers': opts.workers,
+           'inputs': [str(p) for p in opts.inputs], 'val_inputs': [str(p) for p in opts.val_inputs]}
   if stats['documents_out'] == 0:
     raise ConfigError(
         f'cleaning removed all {stats["documents_in"]} documents (exact duplicates '
         f'{stats["removed_exact_duplicates"]}, near duplicates {stats["removed_near_duplicates"]}, '
-        f'shorter than {opts.min_length} tokens {stats["removed_short"]}, language '
-        f'{stats["removed_language"]}); lower --min_length or split less (--separator)')
+        f'validation overlap {stats["removed_val_overlap"]}, shorter than {opts.min_length} '
+        f'tokens {stats["removed_short"]}, language {stats["removed_language"]}); lower '
+        '--min_length or split less (--separator)')
   return stats
 
 
@@ -303,10 +280,13 @@ def _report(stats: dict, say):
   """One line per stage: what it removed; then the warnings worth a look."""
   say(f'read {stats["files"]} files, {stats["bytes_in"]:,} bytes: '
       f'{stats["documents_in"]:,} documents, {stats["tokens_in"]:,} tokens')
-  for stage in ('exact_duplicates', 'language', 'short', 'near_duplicates'):
+  for stage in selection.STAGES:
     say(f'  removed {stage.replace("_", " ")}: {stats["removed_" + stage]:,} documents, '
         f'{stats["removed_" + stage + "_tokens"]:,} tokens')
   say(f'  kept: {stats["documents_out"]:,} documents, {stats["tokens_out"]:,} tokens')
+  if stats['val_documents_in']:
+    say(f'  validation (--val_input): {stats["val_documents_in"]:,} documents, '
+        f'{stats["val_tokens_in"]:,} tokens')
   if stats['invalid_utf8_sequences']:
     say(f'warning: replaced {stats["invalid_utf8_sequences"]:,} invalid UTF-8 sequences in '
         f'{stats["documents_with_invalid_utf8"]:,} documents with U+FFFD')
