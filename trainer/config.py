@@ -108,6 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
   lg.tensorboard = True      # TensorBoard event files in WORKDIR/tb (tensorboardX).
   lg.wandb_project = ''      # Weights & Biases project; '' is off (needs `pip install wandb`).
   lg.progress = 'auto'       # Console: 'bar' (tqdm), 'lines', or 'auto' (a bar on a terminal).
+  lg.profile_steps = ''      # 'START:END': jax.profiler trace of those steps in WORKDIR/profile.
   c.lock()
   return c
 
