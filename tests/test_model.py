@@ -1,5 +1,6 @@
 """Parameter counts equal Hugging Face's for every preset; initialisation follows the papers."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +134,53 @@ def test_flops_per_token_matches_xla_cost_analysis(remat):
   assert abs(xla - ours) / ours < 0.10, (xla, ours)
   if remat == 'none':
     assert ours == model.flops_per_token(setup.model_cfg, cfg.train.seq_len) * 8 * 64
+
+
+def _tiny_loss_and_params(**overrides):
+  cfg = ModelConfig(vocab_size=300, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=2,
+                    **overrides)
+  params = nn.unbox(Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 33), 0, 300)
+
+  def loss(p, c):
+    logits = Decoder(c).apply({'params': p}, tokens[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+  return cfg, params['params'], loss
+
+
+@pytest.mark.parametrize('remat', ['none', 'dots', 'full'])
+def test_bfloat16_gradients_match_float32(remat):
+  """bf16 compute with f32 master weights: f32 gradients within bf16 rounding of the f32 model."""
+  cfg, params, loss = _tiny_loss_and_params(remat=remat)
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)  # jit: the XLA:CPU dots, as trained.
+  l32, g32 = grad(params, cfg)
+  l16, g16 = grad(params, dataclasses.replace(cfg, dtype='bfloat16'))
+  assert float(l16) != float(l32)  # bf16 really ran.
+  assert float(l16) == pytest.approx(float(l32), rel=1e-2)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g32), jax.tree.leaves(g16)):
+    assert b.dtype == jnp.float32, path  # Master-weight gradients are not rounded to bf16.
+    err = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+    assert err < 3e-2, (jax.tree_util.keystr(path), err)
+
+
+def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
+  """(lhs, rhs) element types of every dot in compiled HLO text."""
+  types = dict(re.findall(r'(%[\w.\-]+) = (\w+)\[', hlo))
+  return [(types[a], types[b]) for a, b in
+          re.findall(r' dot\((%[\w.\-]+), (%[\w.\-]+)\)', hlo)]
+
+
+@pytest.mark.parametrize('remat', ['none', 'dots'])
+def test_bfloat16_backward_runs_no_float32_dots(remat):
+  """Every dot of the compiled bf16 gradient, forward and backward, takes bf16 operands."""
+  cfg, params, loss = _tiny_loss_and_params(remat=remat)
+
+  def dots(c):
+    return _dot_operand_types(jax.jit(jax.grad(loss), static_argnums=1)
+                              .lower(params, c).compile().as_text())
+  f32_dots = dots(cfg)
+  assert f32_dots and set(f32_dots) == {('f32', 'f32')}  # The parser sees dots and their types.
+  bf16_dots = dots(dataclasses.replace(cfg, dtype='bfloat16'))
+  # Forward: qkv, scores, values, out, fc, proj per layer, LM head; backward has two per dot.
+  assert len(bf16_dots) >= 3 * 7
+  assert set(bf16_dots) == {('bf16', 'bf16')}

@@ -127,6 +127,8 @@ def _declare() -> ml_collections.ConfigDict:
   lg.wandb_project = Key('')     # Weights & Biases project; '' is off (needs `pip install wandb`).
   lg.progress = Key('auto', choices=('auto', 'bar', 'lines'))  # Console: tqdm bar, lines, or
                              # auto (a bar on a terminal).
+  lg.profile_steps = Key('', pattern=r'(\d+:\d+)?', allowed='START:END (steps) or empty')
+                             # jax.profiler trace of steps START..END in WORKDIR/profile.
   return c
 
 

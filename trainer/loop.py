@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 
-from trainer import checkpoint, data, evalrun, generate, hf, metrics, model, train
+from trainer import checkpoint, data, evalrun, generate, hf, metrics, model, profiling, train
 
 
 def _say(*args):
@@ -122,6 +122,7 @@ def run(cfg, workdir: str) -> dict:
 def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   goodput = metrics.Goodput()
   streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
+  profiler = profiling.StepProfiler(cfg.log.profile_steps, workdir)  # Checks the spec early.
   setup = train.build(cfg)
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
@@ -145,7 +146,9 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   for step in range(start_step + 1, t.steps + 1):
     with goodput.timing('data'):
       batch = data.to_global(next(batches), setup.batch_sharding)
-    state, step_metrics = step_fn(state, batch)
+    with profiler.annotate(step):
+      state, step_metrics = step_fn(state, batch)
+    profiler.finish(step, step_metrics, force=step == t.steps)
     if unchecked:  # The previous step's loss, read while this step runs.
       _check_finite(*unchecked, ckpts)
     unchecked = (step, step_metrics['loss'])

@@ -8,6 +8,7 @@ Only logical axis names appear here; ``sharding.py`` maps them to the mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -76,12 +77,71 @@ def _ones(module, name, shape, axes):
                       shape, jnp.float32)
 
 
+def contract(eqn: str, a, b, dtype, out_dtype=jnp.float32):
+  """einsum of a and b cast to the compute dtype, accumulated in float32, cast to out_dtype.
+
+  In float32 this is a plain einsum. In a narrower dtype it is a custom VJP: jax.grad
+  would hand the einsum a float32 cotangent (the output is accumulated and often kept in
+  float32), and XLA then runs both backward dots in float32. Here the backward casts the
+  cotangent to the compute dtype and accumulates in float32 again; each input's gradient
+  comes back in that input's own dtype (float32 master weights get float32 gradients).
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(eqn, a.astype(dtype), b.astype(dtype),
+                      preferred_element_type=jnp.float32).astype(out_dtype)
+  dtypes = tuple(jnp.dtype(t) for t in (dtype, out_dtype, a.dtype, b.dtype))
+  return _narrow_contract(eqn, dtypes, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _narrow_contract(eqn, dtypes, a, b):
+  dtype, out_dtype = dtypes[:2]
+  return jnp.einsum(eqn, a.astype(dtype), b.astype(dtype),
+                    preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _narrow_contract_fwd(eqn, dtypes, a, b):
+  a_c, b_c = a.astype(dtypes[0]), b.astype(dtypes[0])  # Residuals in the compute dtype.
+  return jnp.einsum(eqn, a_c, b_c, preferred_element_type=jnp.float32).astype(dtypes[1]), (a_c, b_c)
+
+
+def _narrow_contract_bwd(eqn, dtypes, res, g):
+  (a_c, b_c), (dtype, _, a_dtype, b_dtype) = res, dtypes
+  (sa, sb), out = eqn.split('->')[0].split(','), eqn.split('->')[1]
+  g = g.astype(dtype)
+  da = _einsum_to(sa, (out, g), (sb, b_c)).astype(a_dtype)
+  db = _einsum_to(sb, (out, g), (sa, a_c)).astype(b_dtype)
+  return da, db
+
+
+_narrow_contract.defvjp(_narrow_contract_fwd, _narrow_contract_bwd)
+
+
+def _einsum_to(target: str, x, y):
+  """einsum of x = (spec, array) and y into `target`, accumulated in float32.
+
+  Without batch dims the operands are ordered so the result needs no transpose. With batch
+  dims (attention), an operand whose axes start with the batch axes goes first: in the
+  other order XLA:CPU lowers the key and value gradients to a fallback dot that rejects
+  bf16 x bf16 -> f32 ('Unsupported element type for DotThunk').
+  """
+  (sx, x), (sy, y) = x, y
+  batch = ''.join(c for c in sx if c in sy and c in target)
+  free = lambda s1, s2: ''.join(c for c in s1 + s2 if c in target)
+  if batch:
+    swap = sy.startswith(batch) and not sx.startswith(batch)
+  else:
+    swap = free(sx, sy) != target and free(sy, sx) == target
+  if swap:
+    (sx, x), (sy, y) = (sy, y), (sx, x)
+  return jnp.einsum(f'{sx},{sy}->{target}', x, y, preferred_element_type=jnp.float32)
+
+
 def dense(eqn: str, x, kernel, bias, dtype):
   """einsum in the compute dtype with float32 accumulation, plus an optional bias."""
-  y = jnp.einsum(eqn, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
-  if bias is not None:
-    y = y + bias
-  return y.astype(dtype)
+  if bias is None:
+    return contract(eqn, x, kernel, dtype, dtype)
+  return (contract(eqn, x, kernel, dtype) + bias).astype(dtype)
 
 
 class LayerNorm(nn.Module):
@@ -131,23 +191,24 @@ class Attention(nn.Module):
       o_BLHD = nn.with_logical_constraint(
           o_BLHD, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
       return dense('blhd,hde->ble', o_BLHD, w_out, b_out, dt), cache
-    if self.deterministic or cfg.attn_dropout == 0.0:
+    dropout = not self.deterministic and cfg.attn_dropout > 0.0
+    if dt == jnp.float32 and not dropout:
       o_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BLHD, v_BLHD, scale=scale, is_causal=True)
-    else:
-      o_BLHD = self._attend_with_dropout(q_BLHD, k_BLHD, v_BLHD, scale)
+    else:  # Narrow dtypes need contract()'s backward for the score and value dots too.
+      o_BLHD = self._attend(q_BLHD, k_BLHD, v_BLHD, scale, dropout)
     o_BLHD = nn.with_logical_constraint(o_BLHD, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
     return dense('blhd,hde->ble', o_BLHD, w_out, b_out, dt)
 
-  def _attend_with_dropout(self, q_BLHD, k_BLHD, v_BLHD, scale):
-    """Explicit softmax attention, for dropout on the probabilities (GPT-2's attn_pdrop)."""
-    L = q_BLHD.shape[1]
-    s_BHLL = jnp.einsum('bqhd,bkhd->bhqk', q_BLHD, k_BLHD,
-                        preferred_element_type=jnp.float32) * scale
+  def _attend(self, q_BLHD, k_BLHD, v_BLHD, scale, dropout: bool):
+    """Explicit causal softmax attention (float32 softmax), optionally with GPT-2's attn_pdrop."""
+    L, dt = q_BLHD.shape[1], self.cfg.compute_dtype
+    s_BHLL = contract('bqhd,bkhd->bhqk', q_BLHD, k_BLHD, dt) * scale
     causal = jnp.tril(jnp.ones((L, L), bool))
     s_BHLL = jnp.where(causal, s_BHLL, jnp.finfo(jnp.float32).min)
     p_BHLL = jax.nn.softmax(s_BHLL, axis=-1)
-    p_BHLL = nn.Dropout(self.cfg.attn_dropout)(p_BHLL, deterministic=False)
-    return jnp.einsum('bhqk,bkhd->bqhd', p_BHLL.astype(v_BLHD.dtype), v_BLHD)
+    if dropout:
+      p_BHLL = nn.Dropout(self.cfg.attn_dropout)(p_BHLL, deterministic=False)
+    return contract('bhqk,bkhd->bqhd', p_BHLL.astype(v_BLHD.dtype), v_BLHD, dt, v_BLHD.dtype)
 
 
 def _attend_cached(q_BLHD, k_BLHD, v_BLHD, cache, positions_BL, scale):
@@ -282,8 +343,7 @@ class Decoder(nn.Module):
       head = wte
     else:
       head = _param(self, 'lm_head', (V, W), ('vocab', 'embed'), cfg.init_std)
-    logits_BLV = jnp.einsum('blw,vw->blv', x_BLE.astype(dt), head.astype(dt),
-                            preferred_element_type=jnp.float32)
+    logits_BLV = contract('blw,vw->blv', x_BLE, head, dt)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ('act_batch', 'act_length', 'act_vocab'))
     if V != cfg.vocab_size:  # Padded rows never win a softmax or an argmax.
       logits_BLV = jnp.where(jnp.arange(V) < cfg.vocab_size, logits_BLV, -1e30)
