@@ -102,7 +102,8 @@ if __name__ == '__main__':
   stats = prepare.prepare(prepare.Options(inputs=[{corpus!r}], output={out!r}, bpe_dir={bpe!r},
                                           workers={workers}, overwrite=True), say=lambda *a: None)
   use = [resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-  cpu = sum(u.ru_utime + u.ru_stime for u in use)  # Children: the pool workers, once reaped.
+  # Pool workers are the forkserver's children, not ours: CPU time is only whole at 1 worker.
+  cpu = sum(u.ru_utime + u.ru_stime for u in use) if {workers} == 1 else float('nan')
   print(json.dumps({{**stats, 'peak_rss_mb': max(u.ru_maxrss for u in use) / 1024,
                     'cpu_seconds': cpu}}))
 '''
@@ -148,7 +149,7 @@ def scale_main(args):
   for workers, r in rows:
     print(f"| {workers} | {r['mb_per_s']:.2f} | {r['seconds_read']:.0f} / {r['seconds_stages']:.0f}"
           f" / {r['seconds_select']:.0f} / {r['seconds']:.0f} | {r.get('cpu_seconds', 0):.0f} | "
-          f"{r['bytes_in'] / 1e6 / max(r.get('cpu_seconds', 0), 1e-9):.2f} | {r['documents_out']:,} | "
+          f"{r['bytes_in'] / 1e6 / r.get('cpu_seconds', float('nan')):.2f} | {r['documents_out']:,} | "
           f"{r['removed_near_duplicates']:,} | {r['peak_rss_mb']:.0f} |")
   one = [r for w, r in rows if w == 1][-1]
   two = [r for w, r in rows if w == 2][-1]
