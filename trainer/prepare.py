@@ -237,7 +237,7 @@ def prepare(opts: Options, say=print) -> dict:
   return stats
 
 
-def _write_output(work: pathlib.Path, out: pathlib.Path, manifest: dict, sel, stats: dict,
+def _write_output(work: pathlib.Path, out: str, manifest: dict, sel, stats: dict,
                   tokenizer, dtype, started: float):
   """The one place that writes OUTPUT: TFDS splits and stats.json, then renamed into place."""
   def documents(split):
