@@ -25,7 +25,7 @@ TINY = f'--config={ROOT}/configs/tiny.py'
     (['--config.mesh.rules=fsdp', '--config.mesh.tensor=2'], 'needs --config.mesh.rules=fsdp_tp'),
     (['--config.train.steps'], '--config.train.steps: missing value'),
     (['--config.optim.schedule=step'], 'choose one of cosine, linear, constant, wsd'),
-    (['--config.optim.decay_steps=-1'], '--config.optim.decay_steps=-1: must be 0'),
+    (['--config.optim.decay_steps=-1'], '--config.optim.decay_steps=-1: must be an integer in [0'),
 ])
 def test_bad_train_input_exits_2_with_one_line(args, expected, capsys, tmp_path):
   code = cli.main(['train', TINY, f'--workdir={tmp_path}/run', *args])

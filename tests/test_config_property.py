@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from trainer import aot, checkpoint, cli, config, distributed, loop, prepare
+from trainer.sweep import worker as sweep_worker
 from trainer.spec import INT_LIMIT, Key
 
 from conftest import DATA, ROOT
@@ -44,6 +45,9 @@ def valid(key: Key) -> st.SearchStrategy:
   if key.type is str:
     prefix = key.pattern.split(':')[0].strip('(') + ':' if ':' in key.pattern else ''
     body = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+    if prefix and not prefix[0].isalpha():  # A pattern of digits such as START:END.
+      return st.from_regex(key.pattern, fullmatch=True, alphabet=st.characters(
+          min_codepoint=33, max_codepoint=126)).filter(key.accepts)
     if prefix:  # 'hf:PATH' or 'tfds:NAME', or empty.
       return st.just('') | body.map(lambda b: prefix + b)
     return body
@@ -124,12 +128,9 @@ def no_work(monkeypatch):
   monkeypatch.setattr(distributed, 'initialize', initialize)
   monkeypatch.setattr(checkpoint, 'latest', raise_started)
   monkeypatch.setattr(aot, 'topology_devices', raise_started)
-  real_cleaner = prepare.Cleaner
-
-  def cleaner(*args, **kwargs):  # After the options, tokenizer and language filter load.
-    real_cleaner(*args, **kwargs)
-    raise Started()
-  monkeypatch.setattr(prepare, 'Cleaner', cleaner)
+  # prepare: after the options, tokenizer and language filter load, before any work directory.
+  monkeypatch.setattr(prepare, '_open_work', raise_started)
+  monkeypatch.setattr(sweep_worker, 'Worker', raise_started)  # Before a point runs.
 
 
 @PROFILE
@@ -192,6 +193,10 @@ def _base(tmp_path) -> dict[str, list[str]]:
       'prepare': [f'--input={DATA}/tinyshakespeare.txt', f'--output={tmp_path}/data',
                   '--tokenizer=byte'],
       'report': [str(tmp_path)],
+      'eval': [f'--workdir={tmp_path}/run', '--task=lambada', f'--data={DATA}/lambada_test.jsonl'],
+      'generate': [f'--workdir={tmp_path}/run', '--prompt=Hello'],
+      'sweep': [f'{ROOT}/configs/sweeps/tiny_lr.py', f'--workdir={tmp_path}/sweep', '--dry-run'],
+      'sweep-report': [str(tmp_path)],
   }
 
 
@@ -257,7 +262,7 @@ def test_any_flag_value_starts_or_exits_2(data, no_work, capsys, tmp_path):
   verb, flag, strategy = data.draw(st.sampled_from([f for f in FLAGS if f[0] in
                                                    _base(tmp_path)]), label='flag')
   text, ok = data.draw(strategy, label='value')
-  if verb == 'report' and ok:
+  if verb in ('report', 'sweep-report') and ok:
     text = str(tmp_path)  # A drawn path would point report at arbitrary directories.
   outcome, err = run(_argv(verb, flag, text, _base(tmp_path)[verb]), capsys)
   if ok is False:

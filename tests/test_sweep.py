@@ -191,8 +191,8 @@ def test_bad_sweep_flags_and_files(tmp_path):
   (tmp_path / 'nofn.py').write_text('X = 1\n')
   assert 'defines no get_sweep()' in main('sweep', str(tmp_path / 'nofn.py'), '--workdir=x')[2]
   for flags, message in ((['--check-fit'], '--check-fit and --topology go together'),
-                         (['--budget=-1'], '--budget=-1.0: must be a non-negative'),
-                         (['--parallel=0'], '--parallel=0: must be 1 or more'),
+                         (['--budget=-1'], '--budget=-1: must be a number in [0, inf)'),
+                         (['--parallel=0'], '--parallel=0: must be an integer in [1, 2**31)'),
                          (['--config.train.steps=3'], "put them in the sweep file's 'fixed'")):
     code, _, err = main('sweep', TINY_LR, f'--workdir={tmp_path / "sw"}', *flags)
     assert code == 2 and message in err and err.count('\n') == 1, err

@@ -11,10 +11,9 @@ import sys
 
 from trainer import config as config_lib
 from trainer import distributed, storage
-from trainer.spec import Key, add_flag
+from trainer.spec import PATH, Key, add_flag
 
 _OVERRIDE = '--config.'
-PATH = Key('', pattern=r'\S.*', allowed='a non-empty path')  # '' would silently mean the cwd.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,11 +161,11 @@ def _prepare_parser(verbs):
                  help='module:function called with each document; False drops it')
   p.add_argument('--language', default='',
                  help="keep only documents in this language (ISO 639-1, e.g. 'en'; langid)")
-  p.add_argument('--val_input', nargs='+',
-                 help='validation documents (files or directories) instead of the hash split; '
+  add_flag(p, '--val_input', PATH, nargs='+', default=None,
+           help='validation documents (files or directories) instead of the hash split; '
                  'their near duplicates are removed from train')
-  p.add_argument('--workers', type=int, help='processes (default: all cores); output is the '
-                 'same for any number')
+  add_flag(p, '--workers', Key(1, ge=1), default=None,
+           help='processes (default: all cores); output is the same for any number')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DATA_DIR')
   p.set_defaults(run=cmd_prepare)
 

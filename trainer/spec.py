@@ -97,6 +97,9 @@ class Key:
     return text
 
 
+PATH = Key('', pattern=r'\S.*', allowed='a non-empty path')  # '' would silently mean the cwd.
+
+
 def show(text: str) -> str:
   """Command-line text as a message quotes it: bare if plain, else repr (newlines stay escaped)."""
   return text if text.strip() and text.isprintable() and ' ' not in text else repr(text)

@@ -6,15 +6,17 @@ import os
 import shlex
 
 from trainer.config import ConfigError
+from trainer.spec import PATH, Key, add_flag
 from trainer.sweep import results, runner, spec
 
 
 def add_parsers(verbs):
   p = verbs.add_parser('sweep', help='run a sweep file (grid, random or TPE) on Optuna')
   p.add_argument('file', help='configs/sweeps/NAME.py with get_sweep()')
-  p.add_argument('--workdir', required=True, help='SWEEPDIR: one workdir per point, sweep.db, results')
+  add_flag(p, '--workdir', PATH, required=True,
+           help='SWEEPDIR: one workdir per point, sweep.db, results')
   p.add_argument('--dry-run', action='store_true', help='list the points and their commands')
-  p.add_argument('--parallel', type=int, default=1, help='points run at once by this worker')
+  add_flag(p, '--parallel', Key(1, ge=1), help='points run at once by this worker')
   p.add_argument('--storage', default='', help='Optuna storage URL shared by workers '
                  '(default sqlite:///SWEEPDIR/sweep.db; postgresql://... for a cluster)')
   p.add_argument('--prune', choices=('median', 'hyperband'), help='stop losing points early')
@@ -24,15 +26,16 @@ def add_parsers(verbs):
   p.add_argument('--check-fit', action='store_true', help='compile each point for --topology '
                  'first; skip those that do not fit')
   p.add_argument('--topology', default='', help='TPU topology for --check-fit, e.g. v4-128')
-  p.add_argument('--budget', type=float, help='dollars: launch no point that would pass it')
+  add_flag(p, '--budget', Key(0.0, ge=0), default=None,
+           help='dollars: launch no point that would pass it')
   p.add_argument('--retry-failed', action='store_true', help='run failed points again')
-  p.add_argument('--devices-per-point', type=int, default=0,
+  add_flag(p, '--devices-per-point', Key(0, ge=0),
                  help='devices each point gets (default: this host\'s, split by --parallel)')
-  p.add_argument('--heartbeat', type=int, default=10,
+  add_flag(p, '--heartbeat', Key(10, ge=1),
                  help='seconds between trial heartbeats; a trial silent for 3x is taken over')
   p.set_defaults(run=cmd_sweep)
   r = verbs.add_parser('sweep-report', help="a sweep's results table, CSV, plots and scaling fit")
-  r.add_argument('workdir', help='the SWEEPDIR of trainer sweep')
+  add_flag(r, 'workdir', PATH, help='the SWEEPDIR of trainer sweep')
   r.add_argument('--storage', default='', help='the storage URL if not the recorded one')
   r.add_argument('--no-plots', action='store_true', help='tables only')
   r.set_defaults(run=cmd_sweep_report)
@@ -40,16 +43,10 @@ def add_parsers(verbs):
 
 def options(args) -> runner.Options:
   """The command line as Options; bad combinations are ConfigErrors."""
-  if args.parallel < 1:
-    raise ConfigError(f'--parallel={args.parallel}: must be 1 or more')
   if args.check_fit != bool(args.topology):
     raise ConfigError('--check-fit and --topology go together: --check-fit --topology=v4-128')
-  if args.budget is not None and not args.budget >= 0:
-    raise ConfigError(f'--budget={args.budget}: must be a non-negative number of dollars')
   if args.launcher_args and args.launcher == 'local':
     raise ConfigError('--launcher-args needs --launcher=slurm or --launcher=tpu')
-  if args.heartbeat < 1:
-    raise ConfigError(f'--heartbeat={args.heartbeat}: must be a whole number of seconds, 1 or more')
   workdir = args.workdir if '://' in args.workdir else os.path.abspath(args.workdir)
   return runner.Options(
       workdir=workdir, storage=args.storage, parallel=args.parallel,
