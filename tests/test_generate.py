@@ -43,6 +43,7 @@ def full_recompute(setup, params, prompt, tokens):
   return np.asarray(logits[0, len(prompt) - 1:-1, :setup.model_cfg.vocab_size])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['gpt2', 'opt', 'opt350m'])
 def test_cache_equals_full_recomputation(variant):
   setup, params = tiny_setup(variant)
@@ -56,6 +57,7 @@ def test_cache_equals_full_recomputation(variant):
   assert np.ptp(want_logits) > 1.0
 
 
+@pytest.mark.slow
 def test_batched_prompts_of_different_lengths_equal_one_at_a_time():
   setup, params = tiny_setup()
   prompts = [[1, 2, 3], [40, 50, 60, 70, 80, 90, 100, 110, 120, 130], [7]]
@@ -70,6 +72,7 @@ def test_batched_prompts_of_different_lengths_equal_one_at_a_time():
     assert together[0] != together[1]
 
 
+@pytest.mark.slow
 def test_same_seed_same_sample_and_end_of_text_stops():
   setup, params = tiny_setup()
   gen = generate.Generator(setup, 2)
