@@ -1,4 +1,5 @@
 """`trainer eval` and `trainer generate` as a user runs them, and their bad-input errors."""
+import io
 import json
 import shutil
 import subprocess
@@ -71,6 +72,9 @@ def test_generate_json_is_one_object_and_seeded(workdir):
   other = generate.run(str(workdir), ['def '], generate.Sampling(12, 0.8, seed=4), as_json=True,
                        out=open('/dev/null', 'w'))
   assert other['ids'] != got['ids']
+  streamed = io.StringIO()
+  generate.run(str(workdir), ['def '], how, out=streamed)
+  assert streamed.getvalue() == 'def ' + got['text'] + '\n'  # Streamed token by token.
 
 
 def error_line(capsys, *argv):

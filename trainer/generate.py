@@ -1,13 +1,14 @@
 """Sampling with a KV cache: prefill the prompts once, then one token per step.
 
-Shapes are fixed (the cache holds ``max_len`` slots; prompts are padded to a
-power-of-two bucket), so a Generator compiles its prefill once per bucket and its
-decode step once, whatever the prompts and however many tokens are drawn. Params,
+Shapes are fixed within a call (prompts are padded to a power-of-two bucket, the cache
+holds a power-of-two bucket of prompt + new tokens, at most ``max_len`` slots), so a
+Generator compiles its prefill and decode step once per bucket, never per token. Params,
 cache and tokens are sharded on the training mesh with the training rules.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -73,18 +74,21 @@ class Generator:
     cache_sh = {'k': cache_sh, 'v': cache_sh}
     params_sh, rows_sh = setup.state_shardings.params, setup.batch_sharding
     repl = sharding.replicated(setup.mesh)  # Small per-row vectors: every process reads them.
-    self._prefill = jax.jit(self._prefill_fn, in_shardings=(params_sh, rows_sh) + (repl,) * 6,
-                            out_shardings=(cache_sh, repl, repl))
+    self._prefills = {}  # One jitted prefill per cache size.
+    self._prefill_jit = lambda slots: jax.jit(
+        functools.partial(self._prefill_fn, slots=slots),
+        in_shardings=(params_sh, rows_sh) + (repl,) * 6, out_shardings=(cache_sh, repl, repl))
     self._step = jax.jit(self._step_fn, in_shardings=(params_sh, cache_sh) + (repl,) * 8,
                          out_shardings=(cache_sh, repl, repl), donate_argnums=(1,))
 
   def _keys(self, key, row_seeds_B, t):
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(key, s), t))(row_seeds_B)
 
-  def _prefill_fn(self, params, tokens_BP, lengths_B, key, row_seeds_B, temperature, top_k, top_p):
+  def _prefill_fn(self, params, tokens_BP, lengths_B, key, row_seeds_B, temperature, top_k, top_p,
+                  slots):
     B, Pl = tokens_BP.shape
     positions_BP = jnp.broadcast_to(jnp.arange(Pl), (B, Pl))
-    cache = init_cache(self.cfg, B)
+    cache = init_cache(self.cfg, B, slots)
     logits_BPV, cache = self.setup.eval_model.apply({'params': params}, tokens_BP, positions_BP,
                                                     cache)
     last_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None], 1)[:, 0]
@@ -136,7 +140,11 @@ class Generator:
     with self.setup.rules_context():
       rows = jax.make_array_from_callback(buf.shape, self.setup.batch_sharding,
                                           lambda idx: buf[idx])
-      cache, tok, lg = self._prefill(params, rows, lengths, key, seeds, *knobs)
+      # Cache slots: a power-of-two bucket of what this call needs, not the whole context.
+      slots = max(buf.shape[1], bucket(int(lengths.max()) + steps, self.cfg.max_len))
+      if slots not in self._prefills:
+        self._prefills[slots] = self._prefill_jit(slots)
+      cache, tok, lg = self._prefills[slots](params, rows, lengths, key, seeds, *knobs)
       for t in range(steps):
         if t + 1 < steps:  # Dispatch the next step before reading this one's tokens.
           nxt = self._step(params, cache, tok, lengths + t, key, seeds, np.int32(t + 1),
