@@ -221,34 +221,37 @@ def cmd_generate(args, overrides) -> int:
   return 0
 
 
+STEP = Key(0, ge=0)  # A checkpoint step.
+
+
 def _eval_parsers(verbs):
   p = verbs.add_parser('eval', help='score a checkpoint: LAMBADA, WikiText, validation loss, '
                        'lm-evaluation-harness tasks (results in WORKDIR/eval.json)')
-  p.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
-  p.add_argument('--step', type=int, help='checkpoint step (default: the newest)')
+  add_flag(p, '--workdir', PATH, required=True, help='a training workdir with checkpoints')
+  add_flag(p, '--step', STEP, default=None, help='checkpoint step (default: the newest)')
   p.add_argument('--task', required=True, help='lambada, wikitext, loss or harness')
   p.add_argument('--data', default='', help='LAMBADA JSON Lines, WikiText raw file, or (loss) '
                  'a prepared dataset; default for loss: the run\'s data')
-  p.add_argument('--limit', type=int, default=0, help='first N examples only (0: all)')
+  add_flag(p, '--limit', Key(0, ge=0), help='first N examples only (0: all)')
   p.add_argument('--tasks', default='', help='harness: comma-separated task names')
   p.add_argument('--include_path', default='', help='harness: directory of extra task YAMLs')
-  p.add_argument('--context', type=int, default=0, help='wikitext window (default: max_len)')
-  p.add_argument('--stride', type=int, default=0, help='wikitext stride (default: half)')
+  add_flag(p, '--context', Key(0, ge=0), help='wikitext window (default: max_len)')
+  add_flag(p, '--stride', Key(0, ge=0), help='wikitext stride (default: half)')
   p.add_argument('--detokenizer', default='none', help='wikitext: none or megatron')
-  p.add_argument('--batch', type=int, default=8, help='sequences per forward pass')
+  add_flag(p, '--batch', Key(8, ge=1), help='sequences per forward pass')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   p.set_defaults(run=cmd_eval)
   g = verbs.add_parser('generate', help='sample text from a checkpoint (KV cache, streamed)')
-  g.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
-  g.add_argument('--step', type=int, help='checkpoint step (default: the newest)')
+  add_flag(g, '--workdir', PATH, required=True, help='a training workdir with checkpoints')
+  add_flag(g, '--step', STEP, default=None, help='checkpoint step (default: the newest)')
   g.add_argument('--prompt', action='append', help='text to continue (repeat for a batch)')
   g.add_argument('--prompt_file', default='', help='a file whose text is one more prompt')
-  g.add_argument('--max_new_tokens', type=int, default=64)
-  g.add_argument('--temperature', type=float, default=0.8, help='0: greedy')
-  g.add_argument('--top_k', type=int, default=0, help='keep the k likeliest tokens (0: off)')
-  g.add_argument('--top_p', type=float, default=1.0, help='nucleus mass kept (1: off)')
-  g.add_argument('--seed', type=int, default=0)
-  g.add_argument('--num_samples', type=int, default=1, help='samples per prompt')
+  add_flag(g, '--max_new_tokens', Key(64, ge=1), help='tokens to add to each prompt')
+  add_flag(g, '--temperature', Key(0.8, ge=0), help='0: greedy')
+  add_flag(g, '--top_k', Key(0, ge=0), help='keep the k likeliest tokens (0: off)')
+  add_flag(g, '--top_p', Key(1.0, gt=0, le=1), help='nucleus mass kept (1: off)')
+  add_flag(g, '--seed', Key(0, ge=0, lt=2**32), help='sampling seed')
+  add_flag(g, '--num_samples', Key(1, ge=1), help='samples per prompt')
   g.add_argument('--json', action='store_true', help='print one JSON object with ids and text')
   g.set_defaults(run=cmd_generate)
 
