@@ -22,7 +22,8 @@ import tempfile
 import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Replace the script's own directory: benchmarks/profile.py would shadow the stdlib `profile`.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
