@@ -4,7 +4,7 @@
     /tmp/beamvenv/bin/pip install apache-beam==2.77.0   # downgrades protobuf: keep it apart
     /tmp/beamvenv/bin/python benchmarks/beam_tokenize.py 1   # then 2 (workers)
 """
-import sys, time, os
+import sys, time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 BPE = '/work/shared/data/gpt2_bpe'

@@ -3,7 +3,6 @@
 It keeps its objects on disk (``--data-dir``), so ``stop()`` then ``start()`` on the same
 port brings the same bucket back, as storage that went away and returned.
 """
-import os
 import socket
 import subprocess
 import sys

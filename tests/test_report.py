@@ -1,5 +1,4 @@
 """trainer report: the summary table and PNG plots of a real run's workdir."""
-import json
 
 import pytest
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from trainer import data, loop, optimizer, train
-from trainer.model import Decoder
 
 from conftest import relative, tiny_config, without_key_bias
 

@@ -99,7 +99,7 @@ def _evaluation(s: dict, records: list[dict]) -> list[tuple[str, object]]:
 
 def _zero_shot(workdir: str) -> list[tuple[str, object]]:
   """Rows from ``trainer eval``'s eval.json: value, checkpoint step and convention."""
-  details = _read_json(os.path.join(workdir, 'eval.json')).get('details', {})
+  details = _read_json(storage.join(workdir, 'eval.json')).get('details', {})
   return [(key, f"{d['value']:.4f} (step {d['step']}; {d['convention']})")
           for key, d in sorted(details.items()) if isinstance(d.get('value'), (int, float))]
 

@@ -8,7 +8,6 @@ number follows which convention.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
