@@ -4,10 +4,11 @@
     /tmp/beamvenv/bin/pip install apache-beam==2.77.0   # downgrades protobuf: keep it apart
     /tmp/beamvenv/bin/python benchmarks/beam_tokenize.py 1   # then 2 (workers)
 """
-import sys, time
+import os, sys, time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-BPE = '/work/shared/data/gpt2_bpe'
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data')
+BPE = os.path.join(SHARED, 'gpt2_bpe')
 _enc = None
 def encode(text):
   global _enc
@@ -19,7 +20,7 @@ def encode(text):
     _enc = tiktoken.Encoding(name='gpt2', explicit_n_vocab=50257, pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={'<|endoftext|>': 50256})
   return len(_enc.encode_ordinary(text))
 def main(workers):
-  text = open('/work/shared/data/wikitext-2-raw/wiki.test.raw').read() + open('/work/shared/data/tinyshakespeare/input.txt').read()
+  text = open(os.path.join(SHARED, 'wikitext-2-raw', 'wiki.test.raw')).read() + open(os.path.join(SHARED, 'tinyshakespeare', 'input.txt')).read()
   docs = [f'{i} ' + d for i in range(4) for d in text.split('\n\n')]
   mb = sum(len(d) for d in docs) * 1 / 1e6
   opts = PipelineOptions(['--runner=DirectRunner', f'--direct_num_workers={workers}', '--direct_running_mode=multi_processing'])
