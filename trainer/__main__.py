@@ -1,5 +1,5 @@
 import sys
 
-from trainer.cli import main
+from trainer.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from trainer import config as config_lib
@@ -305,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  global _abandon_threads
   argv = sys.argv[1:] if argv is None else argv
   try:
     rest, overrides = _split_overrides(argv)
@@ -317,8 +319,24 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   except storage.StorageError as e:  # Storage failed mid-run; what was committed is kept.
     print(f'error: {e}', file=sys.stderr)
+    _abandon_threads = True
     return 1
 
 
+# Set when storage failed mid-run: orbax's and tensorstore's writer threads may then retry the
+# lost storage for many minutes, and the interpreter joins them before it exits.
+_abandon_threads = False
+
+
+def entry() -> int:
+  """The ``trainer`` command: main(), then an exit that does not wait for abandoned writes."""
+  code = main()
+  if _abandon_threads:  # What was committed is durable; the failed save is abandoned.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(entry())

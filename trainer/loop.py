@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import jax
 import numpy as np
 
-from trainer import checkpoint, data, evalrun, generate, hf, metrics, model, profiling, train
+from trainer import (checkpoint, data, evalrun, generate, hf, metrics, model, profiling, storage,
+                     train)
 
 
 def _say(*args):
@@ -107,16 +109,47 @@ def _check_finite(step: int, loss, ckpts):
                           f'(last good checkpoint: {good}); lower optim.lr or check the data')
 
 
+def compilation_cache(setting: str, workdir: str) -> str | None:
+  """Points XLA's persistent compilation cache at the configured directory (None: off)."""
+  if setting == 'off':
+    return None
+  path = setting
+  if setting == 'auto':
+    path = os.environ.get('JAX_COMPILATION_CACHE_DIR') or storage.join(workdir, 'compile_cache')
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  cache.reset_cache()  # Another run in this process may have opened another directory.
+  cache.set_cache_dir(path)
+  return path
+
+
+_CACHE_HITS = [0]  # Programs this process has loaded from the persistent compilation cache.
+
+
+def _count_cache_hits(event: str, **kwargs):
+  if event == '/jax/compilation_cache/cache_hits':
+    _CACHE_HITS[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_hits)
+
+
 def run(cfg, workdir: str) -> dict:
   """Trains as configured, resuming from WORKDIR; returns a summary (losses, sample)."""
   checkpoint.ensure_writable(workdir)
+  compilation_cache(cfg.train.compile_cache, workdir)
   ckpts = checkpoint.Checkpoints(workdir, cfg)
   try:
     with checkpoint.Preemption().installed() as preemption:
-      return _run(cfg, workdir, ckpts, preemption)
-  finally:
+      summary = _run(cfg, workdir, ckpts, preemption)
+  except storage.StorageError:
+    raise  # The storage is gone: waiting for the started saves could take many minutes.
+  except BaseException:
     ckpts.wait()  # Exit only once every started save has committed.
     ckpts.close()
+    raise
+  ckpts.wait()
+  ckpts.close()
+  return summary
 
 
 def _run(cfg, workdir: str, ckpts, preemption) -> dict:
@@ -136,10 +169,11 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
   metrics.keep_until(workdir, start_step)
   goodput.add('restart' if start_step else 'startup', time.perf_counter() - goodput.start)
   with goodput.timing('compile'):
-    compile_start = time.perf_counter()
+    compile_start, hits = time.perf_counter(), _CACHE_HITS[0]
     step_fn = setup.compile_train_step()
     eval_fn = setup.jit_eval_step()
-  _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s')
+  cached = ' (loaded from the compilation cache)' if _CACHE_HITS[0] > hits else ''
+  _say(f'compiled the train step in {time.perf_counter() - compile_start:.1f} s{cached}')
   logger = _Logger(setup, workdir, start_step, goodput, start_rows * t.seq_len)
 
   pending = unchecked = None
