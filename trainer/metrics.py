@@ -167,11 +167,28 @@ class Writer:
       self.file.close()
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch when it is installed, only to accept torch tensors (5 s of
+  start-up for every run on a machine with torch); we log Python floats.
+  """
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # Makes `import torch` raise ImportError, which it handles.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class TensorBoardWriter:
   """One scalar per numeric field at the record's step, in ``WORKDIR/tb``."""
 
   def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter
+    SummaryWriter = _summary_writer()
     # tensorboardX's own gs:// writer fails; it writes locally and the files are copied up.
     self.dir = storage.MirroredDir(storage.join(workdir, 'tb'))
     self.writer = SummaryWriter(self.dir.local)
