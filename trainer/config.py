@@ -76,6 +76,9 @@ def _declare() -> ml_collections.ConfigDict:
   t.skip_nonfinite = Key(False)  # Skip a step with a non-finite loss or gradient; don't stop.
   t.target_tokens = Key(0, ge=0, lt=2**63)  # Tokens the run is meant to see, for ETA and projected
                              # dollars (0: steps x batch_size x seq_len).
+  t.compile_cache = Key('auto')  # XLA's persistent compilation cache, so a resumed or re-launched
+                             # run does not compile again: a directory (gs:// too), 'off', or 'auto'
+                             # ($JAX_COMPILATION_CACHE_DIR if set, else WORKDIR/compile_cache).
 
   c.optim = o = ml_collections.ConfigDict()
   o.lr = Key(2e-3, gt=0)         # Peak learning rate.
