@@ -1,0 +1,72 @@
+"""Cold and warm start of `trainer train`: compile time with and without the persistent cache.
+
+    python benchmarks/compile_cache.py                      # tiny and gpt2-124M (seq 256)
+    python benchmarks/compile_cache.py --cases tiny --repeats 2
+
+For each case, in one temporary workdir: a first run of 1 step (cold: compiles and fills
+WORKDIR/compile_cache), then a resumed run to step 2 (warm: loads the programs). Each is a
+real `trainer train` subprocess; the table shows the "compiled the train step in X s"
+figure the run prints and the wall time of the whole process (imports, data, restore,
+compile, one step, checkpoint). A third run with --config.train.compile_cache=off in a fresh
+workdir gives the uncached figure again, measured after the warm one.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = {
+    'tiny': ['--config=configs/tiny.py'],
+    'gpt2-124m': ['--config=configs/gpt2.py:gpt2', '--config.train.seq_len=256',
+                  '--config.train.batch_size=4'],
+    'gpt2-48-layer': ['--config=configs/gpt2.py:gpt2', '--config.model.num_layers=48',
+                      '--config.train.seq_len=256', '--config.train.batch_size=4'],
+}
+COMMON = ['--config.train.eval_batches=1', '--config.train.sample_tokens=0',
+          '--config.optim.schedule=constant', '--config.optim.warmup_steps=0',
+          '--config.log.tensorboard=false', '--config.model.dropout=0']
+
+
+def run(args: list[str], workdir: str, steps: int, *extra) -> tuple[float, float, bool]:
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env.setdefault('JAX_PLATFORMS', 'cpu')
+  start = time.perf_counter()
+  out = subprocess.run([sys.executable, '-m', 'trainer', 'train', *args, *COMMON,
+                        f'--config.train.steps={steps}', f'--workdir={workdir}', *extra],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+  wall = time.perf_counter() - start
+  if out.returncode:
+    sys.exit(f'trainer train failed:\n{out.stderr[-3000:]}')
+  found = re.search(r'compiled the train step in ([0-9.]+) s', out.stdout)
+  return float(found.group(1)), wall, 'loaded from the compilation cache' in out.stdout
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--cases', default='tiny,gpt2-124m', help=f'of {",".join(CASES)}')
+  parser.add_argument('--repeats', type=int, default=1)
+  args = parser.parse_args()
+  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+              if line.startswith('model name')), 'unknown CPU')
+  print(f'{cpu}, {os.cpu_count()} cores; {time.strftime("%Y-%m-%d")}\n')
+  print('| case | run | compile (s) | process wall (s) | from cache |')
+  print('|---|---|---:|---:|---|')
+  for name in args.cases.split(','):
+    for _ in range(args.repeats):
+      with tempfile.TemporaryDirectory() as tmp:
+        work = os.path.join(tmp, 'run')
+        rows = [('cold (fills the cache)', run(CASES[name], work, 1)),
+                ('resumed (warm)', run(CASES[name], work, 2)),
+                ('cache off', run(CASES[name], os.path.join(tmp, 'off'), 1,
+                                  '--config.train.compile_cache=off'))]
+        for label, (compile_s, wall, cached) in rows:
+          print(f'| {name} | {label} | {compile_s:.1f} | {wall:.1f} | {"yes" if cached else "no"} |',
+                flush=True)
+
+
+if __name__ == '__main__':
+  main()
