@@ -146,7 +146,7 @@ class Stream:
 
   @property
   def row_len(self) -> int:
-    return self.rows.row_len if isinstance(self.rows, Packed) else self.rows.length + 1
+    return self.rows.length + 1 if isinstance(self.rows, Windows) else self.rows.row_len
 
   def batches(self, start: int = 0) -> grain.MapDataset:
     """Random access to this process's batches [global_batch / count, row_len]."""
