@@ -120,19 +120,20 @@ def _check_finite(step: int, loss, ckpts):
 
 def run(cfg, workdir: str) -> dict:
   """Trains as configured, resuming from WORKDIR; returns a summary (losses, sample)."""
+  goodput = metrics.Goodput()
+  # First: a bad data path, mixture or vocabulary fails before anything is written or compiled.
+  streams = data.load(cfg)
   checkpoint.ensure_writable(workdir)
   ckpts = checkpoint.Checkpoints(workdir, cfg)
   try:
     with checkpoint.Preemption().installed() as preemption:
-      return _run(cfg, workdir, ckpts, preemption)
+      return _run(cfg, workdir, ckpts, preemption, goodput, streams)
   finally:
     ckpts.wait()  # Exit only once every started save has committed.
     ckpts.close()
 
 
-def _run(cfg, workdir: str, ckpts, preemption) -> dict:
-  goodput = metrics.Goodput()
-  streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
+def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
   profiler = profiling.StepProfiler(cfg.log.profile_steps, workdir)  # Checks the spec early.
   setup = train.build(cfg)
   t = cfg.train
