@@ -118,6 +118,25 @@ def test_per_source_tokens_and_validation(sources):
   assert data.load(tiny_config(**{'data.path': shakespeare})).source_tokens(100) == {}
 
 
+def test_a_tfds_source_beside_a_prepared_one(sources, tmp_path):
+  """tfds:NAME in a mixture reads from data.path as its data_dir, like data.source does."""
+  from test_data import build_text_tfds
+  build_text_tfds(tmp_path, [f'text number {i} ' * 10 for i in range(12)])
+  shakespeare, _ = sources
+  cfg = config([(shakespeare, 1), ('tfds:local_text', 1)],
+               **{'data.path': str(tmp_path), 'data.tokenizer': 'byte'})
+  streams = data.load(cfg)
+  assert streams.weights == {'shakespeare': 0.5, 'local_text': 0.5}
+  batch = streams.train.batches()[0]
+  text = [bytes(int(t) for t in row if t < 256).decode() for row in batch]
+  assert sum('text number' in t for t in text) == 4  # 100:100, alternating.
+  val = bytes(int(t) for t in streams.val_sources['local_text'][0][0] if t < 256).decode()
+  assert val.startswith('text number 0 ')  # Its own held-out (test) split.
+  with pytest.raises(ConfigError, match='tokenized with gpt2 but'):  # TFDS default: gpt2.
+    data.load(config([(shakespeare, 1), ('tfds:local_text', 1)],
+                     **{'data.path': str(tmp_path), 'model.vocab_size': 50257}))
+
+
 def records(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
@@ -142,7 +161,8 @@ def test_resumed_run_is_the_uninterrupted_run(sources, tmp_path):
   assert [r['step'] for r in evals] == [3, 6]
   for r in evals:
     per = r['eval_loss/shakespeare'], r['eval_loss/wiki']
-    assert abs(per[0] - per[1]) > 0.01 and r['eval_loss'] == pytest.approx(0.7 * per[0] + 0.3 * per[1])
+    assert abs(per[0] - per[1]) > 0.01
+    assert r['eval_loss'] == pytest.approx(0.7 * per[0] + 0.3 * per[1])
 
   resumed = tmp_path / 'resumed'
   shutil.copytree(straight, resumed)

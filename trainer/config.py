@@ -270,7 +270,8 @@ def _check_mixture(d):
   if not d.mixture:
     return
   _require(sum(w for _, w in d.mixture) > 0,
-           '--config.data.mixture: the weights sum to 0; give at least one source a positive weight')
+           '--config.data.mixture: the weights sum to 0; give at least one source a positive '
+           'weight')
   _require(not d.source, f'--config.data.source={d.source} and --config.data.mixture are both '
            'set; put the source in the mixture as ["tfds:NAME", WEIGHT] and drop data.source')
   tfds = any(s.startswith('tfds:') for s, _ in d.mixture)

@@ -229,7 +229,8 @@ def _load_mixture(cfg, index: int, count: int) -> Streams:
   train = mixture.Mixture(parts, [tr for tr, _ in orders])
   val = {p.name: rows.fixed_batches(v, t.batch_size, index, count, t.eval_batches)
          for p, (_, v) in zip(parts, orders)}
-  return Streams(tokenizer=opened[0].tokenizer, train=rows.Stream(train, t.batch_size, index, count),
+  return Streams(tokenizer=opened[0].tokenizer,
+                 train=rows.Stream(train, t.batch_size, index, count),
                  val=[], val_sources=val, weights={p.name: p.weight for p in parts})
 
 
