@@ -36,8 +36,21 @@ def _text(value) -> str:
   return repr(value) if isinstance(value, float) else str(value)  # repr: floats round-trip.
 
 
+SOURCE = st.text(st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters='"\\'),
+                 min_size=1, max_size=12)
+
+
+def _pairs(weights: st.SearchStrategy) -> st.SearchStrategy:
+  """Text of a list of [SOURCE, WEIGHT] pairs (a tuple key such as data.mixture)."""
+  pair = st.tuples(SOURCE, weights).map(lambda p: f'["{p[0]}", {_text(p[1])}]')
+  return st.lists(pair, max_size=3).map(lambda ps: '[' + ', '.join(ps) + ']')
+
+
 def valid(key: Key) -> st.SearchStrategy:
   """Text of values the key accepts."""
+  if key.type is tuple:
+    lo, _ = key.lower()
+    return _pairs(st.integers(int(lo), 100) | st.floats(lo, 1e6, allow_nan=False))
   if key.type is bool:
     return st.sampled_from(BOOL_TEXT)
   if key.choices:
@@ -65,6 +78,15 @@ def valid(key: Key) -> st.SearchStrategy:
 
 def invalid(key: Key) -> st.SearchStrategy:
   """Text of values the key refuses: out of range, wrong type, NaN, infinite, huge, empty."""
+  if key.type is tuple:
+    lo, _ = key.lower()
+    bad_pair = st.sampled_from(['["a"]', '["a", 1, 2]', '[1, 2]', '["", 1]', '["a", "1"]',
+                                '["a", true]', '"a"'])
+    return st.one_of(
+        JUNK.filter(lambda t: not _parses(key, t)), ARGV_TEXT.filter(lambda t: not _parses(key, t)),
+        _pairs(st.floats(-1e6, lo, exclude_max=True) | st.sampled_from([math.inf, 1e400])).filter(
+            lambda t: not _parses(key, t)),
+        bad_pair.map(lambda p: f'[{p}]'), st.just('{"a": 1}'))
   if key.type is bool:
     return JUNK.filter(lambda t: t.lower() not in BOOL_TEXT) | st.sampled_from(['2', 'on', 'nan'])
   if key.type is str:

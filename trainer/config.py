@@ -110,6 +110,10 @@ def _declare() -> ml_collections.ConfigDict:
   d.val_every_nth_file = Key(50, ge=2)  # Embedded corpus: every n-th file is validation.
   d.source = Key('', pattern=r'(tfds:.+)?', allowed='tfds:NAME (e.g. tfds:lm1b) or empty')
                              # 'tfds:NAME' reads a TFDS text dataset (data.path: its data_dir).
+  d.mixture = Key((), ge=0, allowed='a list of [SOURCE, WEIGHT] pairs, e.g. '
+                  '[["DIR_A", 0.7], ["DIR_B", 0.3]], with SOURCE a prepared dataset or tfds:NAME '
+                  'and WEIGHT >= 0')  # Train on several datasets, weights normalised; () is off.
+                             # data.path then only names the data_dir of tfds: sources.
 
   c.checkpoint = ck = ml_collections.ConfigDict()
   ck.every = Key(1000, ge=0)     # Steps between async saves to WORKDIR/checkpoints (0: at end).
@@ -218,11 +222,13 @@ def set_value(cfg, key: str, value):
   old = node[leaf]
   if isinstance(value, str) and not isinstance(old, str):
     try:
-      value = Key(old).parse(value)
+      value = SPECS.get(key, Key(old)).parse(value)
     except ValueError as e:
       raise ConfigError(f'--config.{key}={show(value)}: {e}') from None
   elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
+  elif isinstance(old, tuple) and isinstance(value, list):  # A saved config's JSON list.
+    value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
   elif type(value) is not type(old):
     raise ConfigError(f'--config.{key}={value!r}: expected {type(old).__name__}')
   node[leaf] = value
@@ -262,6 +268,21 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+def _check_mixture(d):
+  """A mixture needs a positive total weight and owns the data: no data.source beside it."""
+  if not d.mixture:
+    return
+  _require(sum(w for _, w in d.mixture) > 0,
+           '--config.data.mixture: the weights sum to 0; give at least one source a positive '
+           'weight')
+  _require(not d.source, f'--config.data.source={d.source} and --config.data.mixture are both '
+           'set; put the source in the mixture as ["tfds:NAME", WEIGHT] and drop data.source')
+  tfds = any(s.startswith('tfds:') for s, _ in d.mixture)
+  _require(not d.path or tfds, f'--config.data.path={d.path} and --config.data.mixture are both '
+           'set; put the dataset in the mixture as ["DIR", WEIGHT] and drop data.path (with a '
+           'mixture, data.path only names the data_dir of its tfds: sources)')
+
+
 def validate(cfg, num_devices: int) -> tuple[int, int, int]:
   """Checks every key, then the keys against each other and the device count; returns the mesh."""
   check_values(cfg)
@@ -272,6 +293,7 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
   _require(t.seq_len <= m.max_len,
            f'--config.train.seq_len={t.seq_len} is longer than the position table '
            f'(--config.model.max_len={m.max_len}); lower seq_len or raise max_len')
+  _check_mixture(cfg.data)
   shape = mesh_shape(cfg.mesh, num_devices)
   data, fsdp, tensor = shape
   _require(data % cfg.mesh.slices == 0,

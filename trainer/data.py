@@ -12,7 +12,8 @@ epoch), joined and cut into rows of ``seq_len + 1`` tokens.
 
 Either way the rows form one global order (trainer/rows.py): each process reads its
 part of each global batch, and the data position is the number of rows consumed,
-valid for any process count and batch size.
+valid for any process count and batch size. A mixture (``data.mixture``) of several
+such datasets is one global order too (trainer/mixture.py).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from trainer import rows, storage
+from trainer import mixture, rows, storage
 from trainer import tokenizer as tokenizer_lib
 from trainer.config import ConfigError
 from trainer.tokenizer import ByteTokenizer  # noqa: F401  (kept importable from here)
@@ -66,14 +67,25 @@ def stdlib_corpus(max_bytes: int, val_every_nth_file: int, tokenizer=ByteTokeniz
 class Streams:
   tokenizer: object        # tokenizer.ByteTokenizer or tokenizer.GPT2Tokenizer.
   train: rows.Stream       # .to_iter_dataset(start) from any global row on.
-  val: list                # This process's share of fixed validation batches.
+  val: list                # This process's share of fixed validation batches (a mixture: []).
+  # A mixture: each source's validation batches and normalised weight, by source name.
+  val_sources: dict = dataclasses.field(default_factory=dict)
+  weights: dict = dataclasses.field(default_factory=dict)
+
+  def source_tokens(self, rows_consumed: int) -> dict:
+    """{'tokens/NAME': tokens} of each mixture source in the first rows; {} for one dataset."""
+    if not isinstance(self.train.rows, mixture.Mixture):
+      return {}
+    seq_len = self.train.row_len - 1  # Tokens trained on per row, as the `tokens` field counts.
+    return {f'tokens/{name}': n * seq_len
+            for name, n in self.train.rows.rows_by_source(rows_consumed).items()}
 
 
-def open_prepared(path: str) -> tuple[dict, dict]:
+def open_prepared(path: str, flag: str = '--config.data.path=') -> tuple[dict, dict]:
   """(stats.json, {split: data source}) of a ``trainer prepare`` directory."""
   stats_path = storage.join(path, 'stats.json')
   if not storage.isfile(stats_path) or not storage.isfile(storage.join(path, 'dataset_info.json')):
-    raise ConfigError(f'--config.data.path={path!r} is not a prepared dataset (no stats.json and '
+    raise ConfigError(f'{flag}{path!r} is not a prepared dataset (no stats.json and '
                       f'dataset_info.json); create one with: trainer prepare --input FILES '
                       f'--output {path}')
   import tensorflow_datasets as tfds
@@ -115,28 +127,37 @@ def _validation_split(sources: dict, where: str) -> str:
                     'prepare it with --val_fraction > 0')
 
 
-def _document_ids(cfg):
-  """(tokenizer, {split: source}, element -> ids ending with end-of-text) for data.path/source."""
-  d = cfg.data
-  if d.source:
-    kind, _, name = d.source.partition(':')
+@dataclasses.dataclass
+class _Dataset:
+  """One opened dataset: its tokenizer, splits, and how an element becomes ids."""
+  tokenizer: object
+  splits: dict             # {split: data source}
+  ids: object              # element -> ids ending with end-of-text
+  lengths_dir: str         # Where `trainer prepare` stored lengths_SPLIT.npy ('': TFDS, counted).
+  where: str               # How messages name it.
+
+
+def _open(source: str, path: str, tokenizer: str, flag: str = '--config.data.path=') -> _Dataset:
+  """``source`` 'tfds:NAME' (data_dir ``path``), else the prepared dataset at ``path``."""
+  if source:
+    kind, _, name = source.partition(':')
     if kind != 'tfds' or not name:
-      raise ConfigError(f'--config.data.source={d.source!r}: write tfds:NAME (e.g. tfds:lm1b)')
-    sources, field = open_tfds(name, d.path)
-    tok = tokenizer_lib.get(d.tokenizer or 'gpt2')
+      raise ConfigError(f'--config.data.source={source!r}: write tfds:NAME (e.g. tfds:lm1b)')
+    splits, field = open_tfds(name, path)
+    tok = tokenizer_lib.get(tokenizer or 'gpt2')
 
     def ids(example):
       text = example[field]
       text = text.decode('utf-8', 'replace') if isinstance(text, bytes) else str(text)
       return np.append(tok.encode(text), np.int32(tok.eot))
-    return tok, sources, ids
-  stats, sources = open_prepared(d.path)
-  if d.tokenizer and d.tokenizer != stats['tokenizer']:
-    raise ConfigError(f'--config.data.tokenizer={d.tokenizer} but {d.path} was tokenized with '
+    return _Dataset(tok, splits, ids, '', source)
+  stats, splits = open_prepared(path, flag)
+  if tokenizer and tokenizer != stats['tokenizer']:
+    raise ConfigError(f'--config.data.tokenizer={tokenizer} but {path} was tokenized with '
                       f'{stats["tokenizer"]}; drop the flag or prepare the data again')
   tok = tokenizer_lib.get(stats['tokenizer'])
-  return tok, sources, lambda example: np.append(example['tokens'].astype(np.int32),
-                                                 np.int32(tok.eot))
+  return _Dataset(tok, splits, lambda example: np.append(example['tokens'].astype(np.int32),
+                                                         np.int32(tok.eot)), path, path)
 
 
 def check_vocab(cfg, tok):
@@ -173,12 +194,44 @@ class _Mapped:
     return self.ids(self.source[i])
 
 
-def _packed(cfg, sources: dict, split: str, ids, seed: int | None) -> rows.Packed:
+def _packed(cfg, ds: _Dataset, split: str, seed: int | None) -> rows.Packed:
   """The global row order of one split's documents."""
   # `trainer prepare` records the lengths; a TFDS source's are counted.
-  stored = None if cfg.data.source else epath.Path(cfg.data.path) / f'lengths_{split}.npy'
-  lengths = document_lengths(sources[split], ids, stored)
-  return rows.Packed(_Mapped(sources[split], ids), lengths, cfg.train.seq_len + 1, seed)
+  stored = epath.Path(ds.lengths_dir) / f'lengths_{split}.npy' if ds.lengths_dir else None
+  lengths = document_lengths(ds.splits[split], ds.ids, stored)
+  return rows.Packed(_Mapped(ds.splits[split], ds.ids), lengths, cfg.train.seq_len + 1, seed)
+
+
+def _train_and_val(cfg, ds: _Dataset, seed: int) -> tuple[rows.Packed, rows.Packed]:
+  """The shuffled train order and the fixed validation order of one dataset."""
+  if 'train' not in ds.splits:
+    raise ConfigError(f'{ds.where} has no train split (splits: {", ".join(ds.splits)})')
+  return (_packed(cfg, ds, 'train', seed),
+          _packed(cfg, ds, _validation_split(ds.splits, ds.where), None))
+
+
+def _load_mixture(cfg, index: int, count: int) -> Streams:
+  """The streams of a ``data.mixture``: grain's mix of the sources' train orders."""
+  d, t = cfg.data, cfg.train
+  parts = mixture.parts(d.mixture)
+  opened = []
+  for part in parts:
+    tfds = part.source.startswith('tfds:')
+    opened.append(_open(part.source if tfds else '', d.path if tfds else part.source,
+                        d.tokenizer, '--config.data.mixture source '))
+    first, this = opened[0].tokenizer.name, opened[-1].tokenizer.name
+    if this != first:
+      raise ConfigError(f'--config.data.mixture: {part.source} is tokenized with {this} but '
+                        f'{parts[0].source} with {first}; prepare every source with one tokenizer')
+  check_vocab(cfg, opened[0].tokenizer)
+  orders = [_train_and_val(cfg, ds, mixture.source_seed(cfg.seed, k))
+            for k, ds in enumerate(opened)]
+  train = mixture.Mixture(parts, [tr for tr, _ in orders])
+  val = {p.name: rows.fixed_batches(v, t.batch_size, index, count, t.eval_batches)
+         for p, (_, v) in zip(parts, orders)}
+  return Streams(tokenizer=opened[0].tokenizer,
+                 train=rows.Stream(train, t.batch_size, index, count),
+                 val=[], val_sources=val, weights={p.name: p.weight for p in parts})
 
 
 def load(cfg, process_index: int | None = None, process_count: int | None = None) -> Streams:
@@ -189,7 +242,7 @@ def load(cfg, process_index: int | None = None, process_count: int | None = None
   if t.batch_size % count:
     raise ConfigError(f'--config.train.batch_size={t.batch_size} is not divisible by the {count} '
                       'processes; use a multiple of the process count')
-  if not cfg.data.path and not cfg.data.source:
+  if not cfg.data.path and not cfg.data.source and not cfg.data.mixture:
     tokenizer = tokenizer_lib.get(cfg.data.tokenizer or 'byte')
     check_vocab(cfg, tokenizer)
     train, val = stdlib_corpus(cfg.data.max_bytes, cfg.data.val_every_nth_file, tokenizer)
@@ -203,14 +256,12 @@ def load(cfg, process_index: int | None = None, process_count: int | None = None
                    train=rows.Stream(rows.Windows(train, t.seq_len, cfg.seed), t.batch_size,
                                      index, count),
                    val=rows.fixed_batches(val_rows, t.batch_size, index, count, t.eval_batches))
-  tokenizer, sources, ids = _document_ids(cfg)
-  check_vocab(cfg, tokenizer)
-  where = cfg.data.path or cfg.data.source
-  if 'train' not in sources:
-    raise ConfigError(f'{where} has no train split (splits: {", ".join(sources)})')
-  train = _packed(cfg, sources, 'train', ids, cfg.seed)
-  val = _packed(cfg, sources, _validation_split(sources, where), ids, None)
-  return Streams(tokenizer=tokenizer, train=rows.Stream(train, t.batch_size, index, count),
+  if cfg.data.mixture:
+    return _load_mixture(cfg, index, count)
+  ds = _open(cfg.data.source, cfg.data.path, cfg.data.tokenizer)
+  check_vocab(cfg, ds.tokenizer)
+  train, val = _train_and_val(cfg, ds, cfg.seed)
+  return Streams(tokenizer=ds.tokenizer, train=rows.Stream(train, t.batch_size, index, count),
                  val=rows.fixed_batches(val, t.batch_size, index, count, t.eval_batches))
 
 

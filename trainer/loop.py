@@ -70,6 +70,17 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
   return float(np.mean(jax.device_get(losses)))
 
 
+def evaluate_streams(eval_fn, params, streams: data.Streams, batch_sharding) -> dict:
+  """{'eval_loss': ...}; a mixture adds each source's eval_loss/NAME and weights them into it."""
+  if not streams.val_sources:
+    return {'eval_loss': evaluate(eval_fn, params, streams.val, batch_sharding)}
+  out = {f'eval_loss/{name}': evaluate(eval_fn, params, batches, batch_sharding)
+         for name, batches in streams.val_sources.items()}
+  # The expected loss on held-out data drawn as training draws it (weight-0 sources count 0).
+  out['eval_loss'] = sum(w * out[f'eval_loss/{name}'] for name, w in streams.weights.items())
+  return out
+
+
 def _sample(sampler, params, tok, step: int) -> str:
   """32 tokens from end-of-text (unconditional), printed and logged; seeded by the step."""
   how = generate.Sampling(max_new_tokens=32, temperature=0.8, seed=step)
@@ -135,12 +146,15 @@ jax.monitoring.register_event_listener(_count_cache_hits)
 
 def run(cfg, workdir: str) -> dict:
   """Trains as configured, resuming from WORKDIR; returns a summary (losses, sample)."""
+  goodput = metrics.Goodput()
+  # First: a bad data path, mixture or vocabulary fails before anything is written or compiled.
+  streams = data.load(cfg)
   checkpoint.ensure_writable(workdir)
   compilation_cache(cfg.train.compile_cache, workdir)
   ckpts = checkpoint.Checkpoints(workdir, cfg)
   try:
     with checkpoint.Preemption().installed() as preemption:
-      summary = _run(cfg, workdir, ckpts, preemption)
+      summary = _run(cfg, workdir, ckpts, preemption, goodput, streams)
   except storage.StorageError:
     raise  # The storage is gone: waiting for the started saves could take many minutes.
   except BaseException:
@@ -152,9 +166,7 @@ def run(cfg, workdir: str) -> dict:
   return summary
 
 
-def _run(cfg, workdir: str, ckpts, preemption) -> dict:
-  goodput = metrics.Goodput()
-  streams = data.load(cfg)  # First: a bad data path or vocabulary fails before any compiling.
+def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
   profiler = profiling.StepProfiler(cfg.log.profile_steps, workdir)  # Checks the spec early.
   setup = train.build(cfg)
   t = cfg.train
@@ -192,12 +204,14 @@ def _run(cfg, workdir: str, ckpts, preemption) -> dict:
     if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
       jax.block_until_ready(step_metrics)  # Training time ends here; evaluation is not counted.
       with goodput.timing('eval'):
-        extra['eval_loss'] = evaluate(eval_fn, state.params, streams.val, setup.batch_sharding)
+        extra.update(evaluate_streams(eval_fn, state.params, streams, setup.batch_sharding))
         extra.update(task_evals(state.params))
     if t.sample_every and step % t.sample_every == 0:
       with goodput.timing('eval'):
         extra['sample'] = _sample(sampler, state.params, streams.tokenizer, step)
     due = step % t.log_every == 0 or step == t.steps or bool(extra)
+    if due:  # A mixture's tokens per source follow from the rows consumed (right after resumes).
+      extra.update(streams.source_tokens(rows_after(step)))
     pending = (step, step_metrics, extra) if due else None
     stop = preemption.stop_now(step)
     if ckpts.due(step) or stop or step == t.steps:

@@ -110,7 +110,7 @@ class Windows:
 @dataclasses.dataclass
 class Share:
   """Process ``index`` of ``count``'s rows of each global batch, from global row ``start`` on."""
-  rows: Packed | Windows
+  rows: Packed | Windows   # Or a mixture.Mixture: any endless random access to rows.
   start: int
   global_batch: int
   index: int
@@ -137,7 +137,7 @@ class Share:
 @dataclasses.dataclass
 class Stream:
   """The training batches of one process; ``start`` is the global rows already consumed."""
-  rows: Packed | Windows
+  rows: Packed | Windows   # Or a mixture.Mixture: any endless random access to rows.
   global_batch: int
   index: int = 0
   count: int = 1
@@ -146,7 +146,7 @@ class Stream:
 
   @property
   def row_len(self) -> int:
-    return self.rows.row_len if isinstance(self.rows, Packed) else self.rows.length + 1
+    return self.rows.length + 1 if isinstance(self.rows, Windows) else self.rows.row_len
 
   def batches(self, start: int = 0) -> grain.MapDataset:
     """Random access to this process's batches [global_batch / count, row_len]."""

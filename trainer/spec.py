@@ -7,6 +7,7 @@ one wording of the error ("must be a number in [0, 1)") serve both.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import math
 import re
@@ -21,9 +22,11 @@ class Key:
   Bounds read like pydantic's: ``gt``/``ge``/``lt``/``le``; integers without an upper
   bound stop below INT_LIMIT. ``also`` lists special values outside the range (mesh
   -1: take the rest). Strings take ``choices`` or a ``pattern`` (a full-match regex,
-  described by ``allowed``). Floats are always finite.
+  described by ``allowed``). Floats are always finite. A tuple default makes a list of
+  ``[TEXT, NUMBER]`` pairs (``data.mixture``): each number within the bounds, each text
+  non-empty; the command line writes it as a Python or JSON literal.
   """
-  default: bool | int | float | str
+  default: bool | int | float | str | tuple
   gt: float | None = None
   ge: float | None = None
   lt: float | None = None
@@ -56,7 +59,7 @@ class Key:
       return 'expected true or false'
     if self.choices:
       return 'choose one of ' + ', '.join(c or "''" for c in self.choices)
-    if self.type is str:
+    if self.type in (str, tuple):
       return f'expected {self.allowed or "a string"}'
     (lo, lo_in), (hi, hi_in) = self.lower(), self.upper()
     span = f'{"[" if lo_in else "("}{_number(lo)}, {_number(hi)}{"]" if hi_in else ")"}'
@@ -66,6 +69,8 @@ class Key:
     return f'must be {also}{"an integer" if self.type is int else "a number"} in {span}'
 
   def accepts(self, value) -> bool:
+    if self.type is tuple:
+      return isinstance(value, (tuple, list)) and all(self._accepts_pair(p) for p in value)
     if self.type is bool or isinstance(value, bool):
       return isinstance(value, bool) and self.type is bool
     if self.type is str:
@@ -80,8 +85,24 @@ class Key:
     return (math.isfinite(value) and (lo <= value if lo_in else lo < value) and
             (value <= hi if hi_in else value < hi))
 
+  def _accepts_pair(self, pair) -> bool:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      return False
+    text, number = pair
+    number_key = dataclasses.replace(self, default=0.0, allowed='')
+    return (isinstance(text, str) and bool(text.strip()) and isinstance(number, (int, float))
+            and number_key.accepts(number))
+
   def parse(self, text: str):
     """The key's type read from command-line text; a ValueError says what was expected."""
+    if self.type is tuple:
+      try:
+        value = ast.literal_eval(text.strip())
+      except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f'expected {self.allowed}') from None
+      if not isinstance(value, (tuple, list)):
+        raise ValueError(f'expected {self.allowed}')
+      return tuple(tuple(p) if isinstance(p, list) else p for p in value)
     if self.type is bool:
       if text.lower() in ('true', '1', 'yes'):
         return True
