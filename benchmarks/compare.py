@@ -232,7 +232,8 @@ def report(case: str, r: dict, ceil: dict):
   ratio = lambda a, b: f'{tps[a] / tps[b]:.2f}x' if tps[a] and tps[b] else 'n/a'  # noqa: E731
   print(f'\nours bf16 / ours f32: {ratio("ours_bf16", "ours_f32")}; '
         f'torch bf16 / torch f32: {ratio("torch_bf16", "torch_f32")}; ours f32 / torch f32: '
-        f'{ratio("ours_f32", "torch_f32")}; ours bf16 / torch bf16: {ratio("ours_bf16", "torch_bf16")}')
+        f'{ratio("ours_f32", "torch_f32")}; '
+        f'ours bf16 / torch bf16: {ratio("ours_bf16", "torch_bf16")}')
   problems = check_losses(r)
   print('losses agree (f32 within 1e-4 rel, bf16 within 2% rel of torch f32)' if not problems
         else 'LOSS MISMATCH: ' + '; '.join(problems))

@@ -77,7 +77,8 @@ def test_embedded_corpus_is_real_held_out_text():
 def test_adamw_first_moment_dtype():
   def moments(cfg):
     state = train.build(cfg).abstract_state().opt_state
-    adam = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, 'mu')) if hasattr(s, 'mu')]
+    is_adam = lambda x: hasattr(x, 'mu')  # noqa: E731
+    adam = [s for s in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(s)]
     return adam[0].mu['wte'].dtype, adam[0].nu['wte'].dtype
   assert moments(tiny_config()) == (np.float32, np.float32)
   assert moments(tiny_config(**{'optim.mu_dtype': 'bfloat16'})) == (jax.numpy.bfloat16, np.float32)
