@@ -3,6 +3,7 @@
     python benchmarks/compare.py                      # gpt2-124M shape (seq 256, batch 4) and tiny
     python benchmarks/compare.py --quick              # 3 timed steps per variant, no torch.compile
     python benchmarks/compare.py --json --cases gpt2-124m   # one JSON object on stdout
+    python benchmarks/compare.py --skip gpt2-124m:torch_bf16  # a variant this CPU cannot finish
 
 Variants, same shape, same initial weights (ours converted with trainer.hf), same token
 stream, no dropout, AdamW (b2 0.95, weight decay 0.1 on matrices, clip 1.0, constant lr):
@@ -11,8 +12,10 @@ GPT2LMHeadModel + torch.optim.AdamW in float32 and under torch.autocast(bfloat16
 (--torch-compile adds torch.compile'd copies). Each round runs one step of every variant
 in turn (A B C D A B C D ...), so drift from other jobs on the machine hits all alike;
 tokens/s comes from the median step. Matmul ceilings (2048^3 by default) are measured
-interleaved in the same run for each framework and precision. Peak RSS is the process's
+interleaved in the same run for each framework and precision (torch's bf16 at most 512^3:
+on a CPU without bf16 instructions it runs ~100x below its float32). Peak RSS is the process's
 high-water mark after each variant is built and has stepped once (cumulative: one process).
+--skip CASE:VARIANT leaves a variant out (reported as not run; null in --json).
 """
 import argparse
 import json
@@ -130,16 +133,21 @@ class Torch:
     return float(loss.detach())
 
 
+TORCH_BF16_MATMUL_MAX = 512  # Slow path on CPUs without bf16 instructions: 2048^3 takes minutes.
+
+
 def matmul_ceilings(n: int, reps: int) -> dict:
   """GFLOP/s of an n^3 matmul per framework and precision, interleaved, median of reps."""
   a = np.random.RandomState(0).randn(n, n).astype(np.float32)
   ja32, jb16 = jnp.asarray(a), jnp.asarray(a, jnp.bfloat16)
   f32 = jax.jit(lambda x, y: x @ y)
   bf16 = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-  ta32, ta16 = torch.from_numpy(a), torch.from_numpy(a).bfloat16()
+  m = min(n, TORCH_BF16_MATMUL_MAX)
+  ta32, ta16 = torch.from_numpy(a), torch.from_numpy(a[:m, :m]).bfloat16()
   fns = {'ours_f32': lambda: f32(ja32, ja32).block_until_ready(),
          'ours_bf16': lambda: bf16(jb16, jb16).block_until_ready(),
          'torch_f32': lambda: ta32 @ ta32, 'torch_bf16': lambda: ta16 @ ta16}
+  sizes = {k: m if k == 'torch_bf16' else n for k in fns}
   times = {k: [] for k in fns}
   for k, fn in fns.items():
     fn()
@@ -148,10 +156,10 @@ def matmul_ceilings(n: int, reps: int) -> dict:
       start = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - start)
-  return {k: 2 * n**3 / statistics.median(v) / 1e9 for k, v in times.items()}
+  return {k: 2 * sizes[k]**3 / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
-def run_case(case: str, steps: int, torch_compile: bool, lr: float) -> dict:
+def run_case(case: str, steps: int, torch_compile: bool, lr: float, skip=()) -> dict:
   cfgs = {dt: build_config(case, dt, lr) for dt in ('float32', 'bfloat16')}
   model_cfg = model.ModelConfig.from_config(cfgs['float32'].model)
   t = cfgs['float32'].train
@@ -165,6 +173,7 @@ def run_case(case: str, steps: int, torch_compile: bool, lr: float) -> dict:
   if torch_compile:
     makers['torch_compile_f32'] = lambda: Torch(cfgs['float32'], model_cfg, params0, False, True)
     makers['torch_compile_bf16'] = lambda: Torch(cfgs['float32'], model_cfg, params0, True, True)
+  makers = {n: m for n, m in makers.items() if f'{case}:{n}' not in skip}
   rng = np.random.RandomState(1)
   stream = [rng.randint(0, model_cfg.vocab_size, (t.batch_size, t.seq_len + 1)).astype(np.int32)
             for _ in range(steps + 1)]
@@ -204,20 +213,27 @@ def check_losses(r: dict) -> list[str]:
 
 def report(case: str, r: dict, ceil: dict):
   tps, fpt = r['tokens_per_sec'], r['flops_per_token']
+  tps = {**dict.fromkeys(('ours_f32', 'ours_bf16', 'torch_f32', 'torch_bf16')), **tps}
   print(f'\n### {case}: {r["shape"]}\n')
   print('| variant | tokens/s | vs torch same precision | GFLOP/s achieved | % of its matmul '
         'ceiling | peak RSS GB (cumulative) | first losses |')
   print('|---|---|---|---|---|---|---|')
   for n, v in tps.items():
+    if v is None:
+      print(f'| {n} | not run (--skip) | | | | | |')
+      continue
     prec = 'bf16' if n.endswith('bf16') else 'f32'
-    base = tps[f'torch_{prec}']
+    base = tps[f'torch_{prec}'] or float('nan')
     gf = v * fpt / 1e9
     c = ceil[f'ours_{prec}' if n.startswith('ours') else f'torch_{prec}']
     first = ', '.join(f'{x:.4f}' for x in r['losses'][n][:3])
     print(f'| {n} | {v:,.1f} | {v / base:.2f}x | {gf:,.0f} | {100 * gf / c:.0f}% | '
           f'{r["peak_rss_gb"][n]:.2f} | {first} |')
-  print(f'\nours bf16 / ours f32: {tps["ours_bf16"] / tps["ours_f32"]:.2f}x; '
-        f'torch bf16 / torch f32: {tps["torch_bf16"] / tps["torch_f32"]:.2f}x')
+  ratio = lambda a, b: f'{tps[a] / tps[b]:.2f}x' if tps[a] and tps[b] else 'n/a'  # noqa: E731
+  print(f'\nours bf16 / ours f32: {ratio("ours_bf16", "ours_f32")}; '
+        f'torch bf16 / torch f32: {ratio("torch_bf16", "torch_f32")}; ours f32 / torch f32: '
+        f'{ratio("ours_f32", "torch_f32")}; '
+        f'ours bf16 / torch bf16: {ratio("ours_bf16", "torch_bf16")}')
   problems = check_losses(r)
   print('losses agree (f32 within 1e-4 rel, bf16 within 2% rel of torch f32)' if not problems
         else 'LOSS MISMATCH: ' + '; '.join(problems))
@@ -232,6 +248,8 @@ def main():
   p.add_argument('--matmul', type=int, default=2048, help='ceiling matmul size n (n^3)')
   p.add_argument('--lr', type=float, default=6e-4)
   p.add_argument('--json', action='store_true', help='print one JSON object (first case)')
+  p.add_argument('--skip', nargs='*', default=[], metavar='CASE:VARIANT',
+                 help='leave a variant out of a case, e.g. gpt2-124m:torch_bf16')
   a = p.parse_args()
   if a.quick:
     a.steps, a.matmul = 3, 1024
@@ -240,19 +258,20 @@ def main():
   log(f'cpu: {cpu}; jax {jax.__version__}, torch {torch.__version__}, '
       f'transformers {transformers.__version__}')
   ceil = matmul_ceilings(a.matmul, 5)
-  results = {case: run_case(case, a.steps, a.torch_compile, a.lr) for case in a.cases}
+  results = {case: run_case(case, a.steps, a.torch_compile, a.lr, a.skip) for case in a.cases}
   ceil_after = matmul_ceilings(a.matmul, 5)  # Again after: the load may have moved.
   ceil = {k: max(ceil[k], ceil_after[k]) for k in ceil}
   if a.json:
     first = results[a.cases[0]]
-    print(json.dumps({**{k: first['tokens_per_sec'][k] for k in
+    print(json.dumps({**{k: first['tokens_per_sec'].get(k) for k in
                          ('ours_bf16', 'ours_f32', 'torch_bf16', 'torch_f32')},
                       'case': a.cases[0], 'cpu': cpu, 'matmul_ceiling_gflops': ceil,
                       'cases': results}))
     return
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu}; '
         f'load average {os.getloadavg()[0]:.1f}; jax {jax.__version__}, torch {torch.__version__}')
-  print(f'matmul ceilings ({a.matmul}^3, GFLOP/s, best of before/after): '
+  print(f'matmul ceilings ({a.matmul}^3; torch bf16 {min(a.matmul, TORCH_BF16_MATMUL_MAX)}^3), '
+        'GFLOP/s, best of before/after: '
         + ', '.join(f'{k} {v:,.0f}' for k, v in ceil.items()))
   for case, r in results.items():
     report(case, r, ceil)

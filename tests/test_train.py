@@ -72,3 +72,13 @@ def test_embedded_corpus_is_real_held_out_text():
   assert 'def ' in text and 'import' in text
   # The held-out files are not part of training.
   assert data.ByteTokenizer().decode(val_ids[:400]) not in data.ByteTokenizer().decode(train_ids)
+
+
+def test_adamw_first_moment_dtype():
+  def moments(cfg):
+    state = train.build(cfg).abstract_state().opt_state
+    is_adam = lambda x: hasattr(x, 'mu')  # noqa: E731
+    adam = [s for s in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(s)]
+    return adam[0].mu['wte'].dtype, adam[0].nu['wte'].dtype
+  assert moments(tiny_config()) == (np.float32, np.float32)
+  assert moments(tiny_config(**{'optim.mu_dtype': 'bfloat16'})) == (jax.numpy.bfloat16, np.float32)

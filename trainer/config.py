@@ -59,6 +59,8 @@ def _declare() -> ml_collections.ConfigDict:
   m.dtype = Key('float32', choices=('float32', 'bfloat16'))  # Compute dtype; params stay float32.
   m.scan_layers = Key(True)      # nn.scan over blocks: compile time independent of depth.
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
+  m.loss_chunk = Key(0, ge=0)    # Cross-entropy over this many positions at a time (all rows),
+                             # so the [batch, length, vocab] logits never exist whole (0: off).
 
   c.train = t = ml_collections.ConfigDict()
   t.steps = Key(260, ge=1)       # Optimizer steps.
@@ -94,6 +96,8 @@ def _declare() -> ml_collections.ConfigDict:
   o.weight_decay = Key(0.1, ge=0)  # Decoupled (AdamW) weight decay on matrices.
   o.decay_embeddings = Key(False)  # Also decay the token and position embeddings.
   o.clip_norm = Key(1.0, ge=0)   # Global gradient-norm clip (0: off).
+  o.mu_dtype = Key('float32', choices=('float32', 'bfloat16'))  # dtype of AdamW's first moment
+                             # (bfloat16 saves 2 bytes a parameter; the second stays float32).
 
   c.mesh = ms = ml_collections.ConfigDict()
   ms.data = Key(1, ge=1, also=(-1,))  # Pure data-parallel axis (-1: the remaining devices).

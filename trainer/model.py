@@ -43,6 +43,7 @@ class ModelConfig:
   dtype: str = 'float32'
   scan_layers: bool = True
   remat: str = 'none'
+  loss_chunk: int = 0
 
   @classmethod
   def from_config(cls, model_cfg) -> 'ModelConfig':
@@ -294,13 +295,14 @@ class Decoder(nn.Module):
   """Token ids [B, L] to logits [B, L, padded vocab]; padded columns are -inf-like.
 
   With ``cache`` (from ``init_cache``) and ``positions_BL``, returns (logits, new cache):
-  the tokens' keys and values are written at their positions, for decoding.
+  the tokens' keys and values are written at their positions, for decoding. With
+  ``hidden``, returns the LM head's input and weight instead of logits (``xent.py``).
   """
   cfg: ModelConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, cache=None):
+  def __call__(self, tokens_BL, positions_BL=None, cache=None, hidden: bool = False):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     V, E, W = cfg.padded_vocab, cfg.embed_dim, cfg.word_dim
     wte = _param(self, 'wte', (V, W), ('vocab', 'embed'), cfg.init_std)
@@ -340,16 +342,24 @@ class Decoder(nn.Module):
       w_out = _param(self, 'project_out', (E, W), ('embed', None), cfg.init_std)
       x_BLE = dense('ble,ew->blw', x_BLE, w_out, None, dt)
     if cfg.tie_embeddings:
-      head = wte
+      head_VW = wte
     else:
-      head = _param(self, 'lm_head', (V, W), ('vocab', 'embed'), cfg.init_std)
-    logits_BLV = contract('blw,vw->blv', x_BLE, head, dt)
-    logits_BLV = nn.with_logical_constraint(logits_BLV, ('act_batch', 'act_length', 'act_vocab'))
-    if V != cfg.vocab_size:  # Padded rows never win a softmax or an argmax.
-      logits_BLV = jnp.where(jnp.arange(V) < cfg.vocab_size, logits_BLV, -1e30)
+      head_VW = _param(self, 'lm_head', (V, W), ('vocab', 'embed'), cfg.init_std)
+    if hidden:
+      return x_BLE, head_VW
+    logits_BLV = head_logits(cfg, x_BLE, head_VW)
     if cache is not None:
       return logits_BLV, new_cache
     return logits_BLV
+
+
+def head_logits(cfg: ModelConfig, x_BLW, head_VW):
+  """The LM head: float32 logits [B, L, padded vocab]; padded columns are -inf-like."""
+  logits_BLV = contract('blw,vw->blv', x_BLW, head_VW, cfg.compute_dtype)
+  logits_BLV = nn.with_logical_constraint(logits_BLV, ('act_batch', 'act_length', 'act_vocab'))
+  if cfg.padded_vocab != cfg.vocab_size:  # Padded rows never win a softmax or an argmax.
+    logits_BLV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BLV, -1e30)
+  return logits_BLV
 
 
 CACHE_AXES = ('layers', 'act_batch', None, 'act_heads', 'act_kv')  # Logical axes of cache['k'].

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 _EMBEDDINGS = ('wte', 'wpe', 'lm_head')
@@ -46,7 +47,7 @@ def decay_mask(params, decay_embeddings: bool):
 def make(optim_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   lr = schedule(optim_cfg, steps)
   adamw = optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                      weight_decay=optim_cfg.weight_decay,
+                      weight_decay=optim_cfg.weight_decay, mu_dtype=jnp.dtype(optim_cfg.mu_dtype),
                       mask=lambda p: decay_mask(p, optim_cfg.decay_embeddings))
   if optim_cfg.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), adamw), lr

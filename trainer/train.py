@@ -12,7 +12,7 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
-from trainer import optimizer, sharding
+from trainer import optimizer, sharding, xent
 from trainer.model import Decoder, ModelConfig, abstract_params
 
 
@@ -27,6 +27,9 @@ class TrainState(struct.PyTreeNode):
 def loss_fn(params, tokens_BL1, rng, model: Decoder):
   """Mean next-token cross-entropy over a [batch, seq_len + 1] block of tokens."""
   rngs = {} if rng is None else {'dropout': rng}
+  if model.cfg.loss_chunk:  # The [B, L, V] logits never materialise whole.
+    x_BLW, head_VW = model.apply({'params': params}, tokens_BL1[:, :-1], rngs=rngs, hidden=True)
+    return xent.cross_entropy(x_BLW, head_VW, tokens_BL1[:, 1:], model.cfg)
   logits_BLV = model.apply({'params': params}, tokens_BL1[:, :-1], rngs=rngs)
   return optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL1[:, 1:]).mean()
 
