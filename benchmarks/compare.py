@@ -20,7 +20,6 @@ high-water mark after each variant is built and has stepped once (cumulative: on
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -36,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from trainer import config, data, hf, model, train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,19 +49,6 @@ F32_LOSS_TOL = 1e-4
 
 def log(*args):
   print(*args, file=sys.stderr, flush=True)
-
-
-def cpu_name() -> str:
-  info = {}
-  with open('/proc/cpuinfo') as f:
-    for line in f:
-      key, _, value = line.partition(':')
-      info.setdefault(key.strip(), value.strip())
-  flags = set(info.get('flags', '').split())
-  name = (f'{info.get("model name", platform.processor())} (family {info.get("cpu family")}, '
-          f'model {info.get("model")})')
-  ext = [f for f in ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile') if f in flags]
-  return f'{name}, {os.cpu_count()} cpus, vector extensions: {" ".join(ext) or "none"}'
 
 
 def peak_rss_gb() -> float:

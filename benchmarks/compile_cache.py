@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_name  # benchmarks/machine.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     'tiny': ['--config=configs/tiny.py'],
@@ -50,9 +52,7 @@ def main():
   parser.add_argument('--cases', default='tiny,gpt2-124m', help=f'of {",".join(CASES)}')
   parser.add_argument('--repeats', type=int, default=1)
   args = parser.parse_args()
-  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-              if line.startswith('model name')), 'unknown CPU')
-  print(f'{cpu}, {os.cpu_count()} cores; {time.strftime("%Y-%m-%d")}\n')
+  print(f'{cpu_name()}; {time.strftime("%Y-%m-%d")}\n')
   print('| case | run | compile (s) | process wall (s) | from cache |')
   print('|---|---|---:|---:|---|')
   for name in args.cases.split(','):
