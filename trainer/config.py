@@ -21,7 +21,7 @@ import ml_collections
 
 from trainer import hardware
 from trainer.errors import ConfigError  # noqa: F401  (everyone imports it from here)
-from trainer.spec import Key, show
+from trainer.spec import Key, as_pairs, show
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -232,7 +232,7 @@ def set_value(cfg, key: str, value):
   elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   elif isinstance(old, tuple) and isinstance(value, list):  # A saved config's JSON list.
-    value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    value = as_pairs(value)
   elif type(value) is not type(old):
     raise ConfigError(f'--config.{key}={value!r}: expected {type(old).__name__}')
   node[leaf] = value

@@ -102,7 +102,7 @@ class Key:
         raise ValueError(f'expected {self.allowed}') from None
       if not isinstance(value, (tuple, list)):
         raise ValueError(f'expected {self.allowed}')
-      return tuple(tuple(p) if isinstance(p, list) else p for p in value)
+      return as_pairs(value)
     if self.type is bool:
       if text.lower() in ('true', '1', 'yes'):
         return True
@@ -152,3 +152,8 @@ def add_flag(parser, name: str, key: Key, **kwargs):
     return value
   typed.key = key  # For tests that draw every flag's values.
   return parser.add_argument(name, type=typed, **kwargs)
+
+
+def as_pairs(value) -> tuple:
+  """A list-of-pairs value as tuples (JSON and literals give lists); checking is accepts()'s."""
+  return tuple(tuple(p) if isinstance(p, list) else p for p in value)
