@@ -152,18 +152,17 @@ def run(cfg, workdir: str) -> dict:
   checkpoint.ensure_writable(workdir)
   compilation_cache(cfg.train.compile_cache, workdir)
   ckpts = checkpoint.Checkpoints(workdir, cfg)
+  storage_lost = False
   try:
     with checkpoint.Preemption().installed() as preemption:
-      summary = _run(cfg, workdir, ckpts, preemption, goodput, streams)
+      return _run(cfg, workdir, ckpts, preemption, goodput, streams)
   except storage.StorageError:
-    raise  # The storage is gone: waiting for the started saves could take many minutes.
-  except BaseException:
-    ckpts.wait()  # Exit only once every started save has committed.
-    ckpts.close()
+    storage_lost = True  # Waiting for the started saves could then take many minutes.
     raise
-  ckpts.wait()
-  ckpts.close()
-  return summary
+  finally:
+    if not storage_lost:
+      ckpts.wait()  # Exit only once every started save has committed.
+      ckpts.close()
 
 
 def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
