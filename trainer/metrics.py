@@ -170,8 +170,8 @@ class Writer:
 def _summary_writer():
   """tensorboardX's SummaryWriter, imported without torch.
 
-  tensorboardX imports torch when it is installed, only to accept torch tensors (5 s of
-  start-up for every run on a machine with torch); we log Python floats.
+  tensorboardX imports torch when it is installed, only to accept torch tensors (seconds
+  of start-up per run there: benchmarks/tensorboard_import.py); we log Python floats.
   """
   if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
     from tensorboardX import SummaryWriter
