@@ -2,7 +2,7 @@
 exact resume, per-source tokens and evaluation losses, and refused input."""
 import json
 import os
-import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -142,34 +142,40 @@ def records(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.slow  # Two real runs: two compiles of the train step.
-def test_resumed_run_is_the_uninterrupted_run(sources, tmp_path):
-  """A run resumed from its step-3 checkpoint gives bit-equal losses and per-source counts."""
+@pytest.mark.slow  # Three real runs: one here, one killed with SIGKILL, its resumption.
+def test_kill_9_and_resume_gives_the_uninterrupted_stream(sources, tmp_path):
+  """`trainer train` on a mixture, killed with SIGKILL after a checkpoint and run again, logs
+  the uninterrupted run's losses, per-source token counts and evaluation losses bit for bit."""
+  from test_checkpoint import finish, last_logged_step, start_until, train_cmd
   shakespeare, wiki = sources
-  cfg = config([(shakespeare, 0.7), (wiki, 0.3)], **{
-      'train.steps': 6, 'train.eval_every': 3, 'checkpoint.every': 3, 'log.tensorboard': False})
+  flags = {'data.mixture': mix_value((shakespeare, 0.7), (wiki, 0.3)), 'train.steps': 12,
+           'train.eval_every': 4, 'checkpoint.every': 4, 'log.tensorboard': False}
   straight = tmp_path / 'straight'
-  loop.run(cfg, str(straight))
+  loop.run(config([(shakespeare, 0.7), (wiki, 0.3)], **flags), str(straight))
   want = records(straight)
-  assert [r['step'] for r in want] == list(range(1, 7))
-  assert len({r['loss'] for r in want}) == 6
+  assert [r['step'] for r in want] == list(range(1, 13))
+  assert len({r['loss'] for r in want}) == 12
   for r in want:  # Per-source tokens add up to the total, and follow grain's counts.
     assert r['tokens/shakespeare'] + r['tokens/wiki'] == r['tokens'] == r['step'] * 8 * 64
     n = mixture.counts(mixture.proportions([0.7, 0.3]), r['step'] * 8)
     assert [r['tokens/shakespeare'], r['tokens/wiki']] == [n[0] * 64, n[1] * 64]
   evals = [r for r in want if 'eval_loss' in r]
-  assert [r['step'] for r in evals] == [3, 6]
+  assert [r['step'] for r in evals] == [4, 8, 12]
   for r in evals:
     per = r['eval_loss/shakespeare'], r['eval_loss/wiki']
     assert abs(per[0] - per[1]) > 0.01
     assert r['eval_loss'] == pytest.approx(0.7 * per[0] + 0.3 * per[1])
 
-  resumed = tmp_path / 'resumed'
-  shutil.copytree(straight, resumed)
-  shutil.rmtree(resumed / 'checkpoints' / '6')  # As if killed after the step-3 checkpoint.
-  loop.run(cfg, str(resumed))
-  got = records(resumed)
-  assert got[3]['resumed_tokens'] == 3 * 8 * 64
+  killed = tmp_path / 'killed'
+  cmd = train_cmd(killed, *[f'--config.{k}={v}' for k, v in flags.items()])
+  ready = lambda: (killed / 'checkpoints/4/commit_success.txt').exists() and (
+      last_logged_step(killed) >= 5)
+  proc = start_until(cmd, ready, signal.SIGKILL)
+  assert proc.returncode == -signal.SIGKILL
+  assert last_logged_step(killed) < 12, 'the run finished before the kill'
+  out = finish(cmd)
+  assert 'resuming from step ' in out.stdout
+  got = records(killed)
   keys = ('step', 'loss', 'grad_norm', 'tokens', 'tokens/shakespeare', 'tokens/wiki',
           'eval_loss', 'eval_loss/shakespeare', 'eval_loss/wiki')
   strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]

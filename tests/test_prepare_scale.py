@@ -6,9 +6,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from trainer import dedup, language, prepare
+from trainer import dedup, language, prepare, stages
 
 from conftest import ROOT
 from test_prepare import one_line_error, read_split, run, words
@@ -35,6 +37,42 @@ def write_clusters(root, n=12):
     (root / f'{i:02d}.txt').write_text('\n\n'.join([doc, near_copy(doc, f'n{i}x'), doc]))
 
 
+def reference_shingles(text: str, n: int) -> set:
+  """shingle_hashes written plainly: Python integers, one word and one n-gram at a time."""
+  mask, base = 2**64 - 1, 0x100000001B3
+  words_ = text.encode('utf-8', 'surrogatepass').replace(b'\t', b' ').replace(b'\n', b' ')
+  for space in (b'\x0b', b'\x0c', b'\r'):
+    words_ = words_.replace(space, b' ')
+  hashes = [sum(byte * pow(base, k, 2**64) for k, byte in enumerate(w)) & mask
+            for w in words_.split(b' ') if w]
+  grams = [hashes[i:i + n] for i in range(max(len(hashes) - n + 1, 1))]
+  return {sum(h * pow(1_000_003, len(g) - 1 - k, 2**64) for k, h in enumerate(g)) & 0xFFFFFFFF
+          for g in grams}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('ab \t\n\r\x0b\x0cé日')), max_size=60),
+       st.integers(1, 5))
+def test_shingle_hashes_equal_a_plain_python_reference(text, n):
+  got = dedup.shingle_hashes(text, n)
+  assert got.tolist() == sorted(reference_shingles(text, n))
+  a, b = dedup.permutations(8)
+  expected = [min(((int(x) * int(ai) + int(bi)) % 2**64) >> 32 for x in got) for ai, bi in zip(a, b)]
+  assert dedup.signature(got, (a, b)).tolist() == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(2, stages.MAX_BUCKET + 6), max_size=6), st.randoms())
+def test_bucket_pairs_equal_the_nested_loop(sizes, rng):
+  members = np.asarray(rng.sample(range(10_000), sum(sizes)), np.int64)
+  starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+  got = stages._bucket_pairs(members, starts, np.asarray(sizes, np.int64))
+  expected = [(members[s + i], members[s + j]) for s, m in zip(starts, sizes)
+              for i in range(min(m, stages.MAX_BUCKET)) for j in range(i + 1, m)]
+  assert sorted(map(tuple, got.tolist())) == sorted(expected)
+  assert len(got) == len(expected)
+
+
 @pytest.mark.slow
 def test_output_identical_for_any_worker_count_and_shard_size(tmp_path):
   write_clusters(tmp_path / 'in')
@@ -51,6 +89,43 @@ def test_output_identical_for_any_worker_count_and_shard_size(tmp_path):
   w1, w2, one = (record_bytes(tmp_path / n) for n in ('w1', 'w2', 'one'))
   assert w1 and w1 == w2 == one
   assert read_split(tmp_path / 'w1', 'train') != read_split(tmp_path / 'w1', 'validation')
+
+
+@pytest.mark.parametrize('dtype', [np.uint16, np.int32])
+def test_serialize_equals_tfds(dtype):
+  import tensorflow_datasets as tfds
+  features = tfds.features.FeaturesDict({'tokens': tfds.features.Tensor(shape=(None,), dtype=dtype)})
+  rng = np.random.default_rng(0)
+  for tokens in (np.zeros(0, dtype), np.asarray([0, 1, 127, 128, 16383, 16384], dtype),
+                 rng.integers(0, 50257, 1000).astype(dtype)):
+    assert stages.serialize(tokens) == features.serialize_example({'tokens': tokens})
+
+
+def test_write_plan_cuts_each_split_into_files_of_whole_documents(monkeypatch):
+  monkeypatch.setattr(stages, 'WRITE_SHARD_BYTES', 100)
+  ntokens = np.asarray([10, 30, 0, 120, 5, 5, 5, 60, 1])
+  splits = {'train': np.asarray([0, 1, 2, 3, 4, 5, 7]), 'validation': np.asarray([6, 8]),
+            'empty': np.zeros(0, np.int64)}
+  plan = stages.write_plan(splits, ntokens, itemsize=2)
+  # train: 20, 60, 0, 240, 10, 10, 120 bytes start at 0, 20, 80, 80, 320, 330, 340. Files
+  # start at the first document starting at or after 0, 100, ..., 400 bytes: 0, 4, 4, 4, 7
+  # (the 240-byte document leaves 100..300 to nobody; 7 is past the end).
+  assert plan == [('train', 0, 2, 0, 4), ('train', 1, 2, 4, 7), ('validation', 0, 1, 0, 2)]
+
+
+@pytest.mark.slow
+def test_many_output_files_read_back_as_one(tmp_path, monkeypatch):
+  write_clusters(tmp_path / 'in')
+  opts = dict(inputs=[str(tmp_path / 'in')], tokenizer='byte', separator='\n\n', min_length=16,
+              val_fraction=0.2, workers=2, shard_bytes=2000)
+  prepare.prepare(prepare.Options(output=str(tmp_path / 'one'), **opts), **QUIET)
+  monkeypatch.setattr(stages, 'WRITE_SHARD_BYTES', 1000)  # The plan is made in this process.
+  prepare.prepare(prepare.Options(output=str(tmp_path / 'many'), **opts), **QUIET)
+  assert len(record_bytes(tmp_path / 'one')) == 2 and len(record_bytes(tmp_path / 'many')) > 4
+  for split in ('train', 'validation'):
+    rows = read_split(tmp_path / 'many', split)
+    assert rows == read_split(tmp_path / 'one', split)
+    assert np.load(tmp_path / 'many' / f'lengths_{split}.npy').tolist() == list(map(len, rows))
 
 
 @pytest.mark.slow

@@ -31,6 +31,20 @@ _WORD_BASE = np.uint64(0x100000001B3)   # Odd, so invertible modulo 2**64.
 _WORD_BASE_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
 
 
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+  """BASE**k and BASE**-k for k < n (modulo 2**64), computed once and grown on demand."""
+  global _POWERS
+  if len(_POWERS[0]) < n:
+    size = max(n, 2 * len(_POWERS[0]))
+    _POWERS = tuple(np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, base, np.uint64),
+                                                               dtype=np.uint64)])
+                    for base in (_WORD_BASE, _WORD_BASE_INV))
+  return _POWERS
+
+
+_POWERS = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+
 def word_hashes(text: str) -> np.ndarray:
   """A 64-bit hash of every word (run of non-whitespace bytes), all computed in numpy.
 
@@ -38,12 +52,15 @@ def word_hashes(text: str) -> np.ndarray:
   (H[e] - H[s]) * BASE**-s, arithmetic modulo 2**64, with no Python loop per word.
   """
   data = np.frombuffer(text.encode('utf-8', 'surrogatepass'), np.uint8)
-  edges = np.diff(np.concatenate([[0], (~_SPACE[data]).astype(np.int8), [0]]))
+  word = np.empty(len(data) + 2, np.int8)
+  word[0] = word[-1] = 0
+  np.logical_not(_SPACE[data], out=word[1:-1].view(bool))
+  edges = np.diff(word)
   starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-  powers, inverse = (np.concatenate([[np.uint64(1)], np.cumprod(np.full(
-      max(len(data) - 1, 0), base, np.uint64), dtype=np.uint64)]) for base in
-      (_WORD_BASE, _WORD_BASE_INV))
-  prefix = np.concatenate([[np.uint64(0)], np.cumsum(data * powers, dtype=np.uint64)])
+  powers, inverse = _powers(len(data) + 1)
+  prefix = np.empty(len(data) + 1, np.uint64)
+  prefix[0] = 0
+  np.cumsum(data * powers[:len(data)], dtype=np.uint64, out=prefix[1:])
   return (prefix[ends] - prefix[starts]) * inverse[starts]
 
 
@@ -57,8 +74,11 @@ def shingle_hashes(text: str, n: int) -> np.ndarray:
   count = max(len(w) - n + 1, 1)
   h = np.zeros(count, np.uint64)
   for k in range(min(n, len(w))):
-    h = (h * np.uint64(_POLY) + w[k:k + count]) & np.uint64(0xFFFFFFFF)
-  return np.unique(h.astype(np.uint32))
+    h *= np.uint64(_POLY)
+    h += w[k:k + count]
+  h = h.astype(np.uint32)  # The low 32 bits.
+  h.sort()
+  return h[np.concatenate([[True], h[1:] != h[:-1]])] if len(h) > 1 else h
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,12 +148,13 @@ def signature(shingles: np.ndarray, perms) -> np.ndarray:
   permutations; shingles go in blocks to bound the (shingles x functions) temporary.
   """
   a, b = perms
-  sig = np.full(len(a), 0xFFFFFFFF, np.uint64)
+  least = np.full(len(a), 2**64 - 1, np.uint64)
   h = shingles.astype(np.uint64)[:, None]
   for start in range(0, len(h), _BLOCK):
-    values = (h[start:start + _BLOCK] * a + b) >> np.uint64(32)
-    sig = np.minimum(sig, values.min(axis=0))
-  return sig
+    values = h[start:start + _BLOCK] * a
+    values += b
+    np.minimum(least, values.min(axis=0), out=least)
+  return least >> np.uint64(32)  # Shifting is monotonic: the least of the shifted values.
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

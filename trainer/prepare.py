@@ -39,7 +39,6 @@ import numpy as np
 from trainer import corpus, dedup, language, selection, shards, stages, storage
 from trainer.config import ConfigError
 
-DATASET_NAME = 'tokenized_corpus'
 SPLITS = ('train', 'validation')
 
 
@@ -89,53 +88,22 @@ def _validate(opts: Options):
   corpus.input_files(opts.inputs)  # Missing paths fail here, before any work.
 
 
-def _build_tfds(documents, tokenizer, data_dir: pathlib.Path, dtype) -> pathlib.Path:
-  """Writes the splits as an array_record TFDS dataset; returns its versioned directory.
-
-  ``documents(split)`` yields a split's (key, example) pairs; None for an empty split.
-  """
+def _write_metadata(built: pathlib.Path, files: dict, tokenizer, dtype):
+  """TFDS's metadata (dataset_info.json, features.json) for the files stages.write made:
+  TFDS's documented path for data written outside a builder (tfds.folder_dataset)."""
   import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
-  splits = [s for s in SPLITS if documents(s) is not None]
-
-  class TokenizedCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Tokenized documents from `trainer prepare`, one example per document."""
-    name = DATASET_NAME
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self, description='Tokenized documents from `trainer prepare`.',
-          features=tfds.features.FeaturesDict(
-              {'tokens': tfds.features.Tensor(shape=(None,), dtype=dtype)}),
-          metadata=tfds.core.MetadataDict(tokenizer=tokenizer.name, eot=tokenizer.eot,
-                                          vocab_size=tokenizer.vocab_size))
-
-    def _split_generators(self, dl_manager):
-      return {s: self._generate_examples(s) for s in splits}
-
-    def _generate_examples(self, split):
-      return documents(split)
-
-    # TFDS prints "downloading and preparing" lines; prepare reports for itself.
-    def _log_download_bytes(self):
-      pass
-
-    def _log_download_done(self):
-      pass
-
-  builder = TokenizedCorpus(data_dir=str(data_dir), file_format='array_record')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return pathlib.Path(builder.data_dir)
-
-
-def _record_lengths(built: pathlib.Path):
-  """Writes each split's document lengths in the order TFDS stored them (it shuffles by key)."""
-  import tensorflow_datasets as tfds
-  for split, source in tfds.builder_from_directory(str(built)).as_data_source().items():
-    lengths = np.array([len(source[i]['tokens']) for i in range(len(source))], np.int64)
-    np.save(built / f'lengths_{split}.npy', lengths)
+  tfds.folder_dataset.write_metadata(
+      data_dir=built, version='1.0.0', check_data=False,
+      features=tfds.features.FeaturesDict(
+          {'tokens': tfds.features.Tensor(shape=(None,), dtype=dtype)}),
+      split_infos=[tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=size)
+                   for split, (lengths, size) in files.items()],
+      description='Tokenized documents from `trainer prepare`.',
+      metadata=tfds.core.MetadataDict(tokenizer=tokenizer.name, eot=tokenizer.eot,
+                                      vocab_size=tokenizer.vocab_size),
+      # Stored in the documents' input order, not shuffled by TFDS: the loader shuffles
+      # with its own seed.
+      disable_shuffling=True)
 
 
 def _move_into_place(built: pathlib.Path, out: str, work: pathlib.Path):
@@ -215,7 +183,8 @@ def prepare(opts: Options, say=print) -> dict:
                             opts.separator, opts.shard_bytes)
     _check_read(opts, manifest)
     marks = [time.perf_counter()]  # Phases: sequential read, parallel stages, selection.
-    stages.run(work, _stage_config(opts, tokenizer, manifest, dtype), opts.workers)
+    cfg = _stage_config(opts, tokenizer, manifest, dtype)
+    stages.run(work, cfg, opts.workers)
     marks.append(time.perf_counter())
     sel = selection.select(work, manifest, opts.val_fraction)
     marks.append(time.perf_counter())
@@ -226,7 +195,7 @@ def prepare(opts: Options, say=print) -> dict:
     selection.balance(sel, opts.val_fraction)
     stats.update({f'documents_{s}': len(sel.splits[s]) for s in SPLITS})
     stats.update({f'tokens_{s}': int(sel.ntokens[sel.splits[s]].sum()) for s in SPLITS})
-    _write_output(work, out, manifest, sel, stats, tokenizer, dtype, started)
+    _write_output(work, out, cfg, sel, stats, tokenizer, dtype, started, opts.workers)
   except Exception:
     shutil.rmtree(work, ignore_errors=True)  # Bad input or a bug: nothing to resume.
     raise
@@ -237,17 +206,18 @@ def prepare(opts: Options, say=print) -> dict:
   return stats
 
 
-def _write_output(work: pathlib.Path, out: str, manifest: dict, sel, stats: dict,
-                  tokenizer, dtype, started: float):
+def _write_output(work: pathlib.Path, out: str, cfg: dict, sel, stats: dict, tokenizer, dtype,
+                  started: float, workers: int):
   """The one place that writes OUTPUT: TFDS splits and stats.json, then renamed into place."""
-  def documents(split):
-    ids = sel.splits[split]
-    return selection.token_documents(work, manifest, ids, dtype) if len(ids) else None
-  built = _build_tfds(documents, tokenizer, work / 'tfds', dtype)
+  built = work / 'tfds' / stages.DATASET_NAME / '1.0.0'
+  files = stages.write(work, cfg, sel.splits, sel.ntokens, built, workers)
+  _write_metadata(built, files, tokenizer, dtype)
   stats['seconds'] = round(time.perf_counter() - started, 3)
   stats['mb_per_s'] = round(stats['bytes_in'] / 1e6 / stats['seconds'], 3)
   (built / 'stats.json').write_text(json.dumps(stats, indent=1) + '\n')
-  _record_lengths(built)
+  for split, ids in sel.splits.items():  # Each document's length, in the stored order.
+    if len(ids):
+      np.save(built / f'lengths_{split}.npy', sel.ntokens[ids].astype(np.int64))
   _move_into_place(built, out, work)
 
 

@@ -95,20 +95,3 @@ def balance(sel: Selection, val_fraction: float):
   if not len(train):
     train, val = val[-1:], val[:-1]
   sel.splits = {'train': train, 'validation': val}
-
-
-def token_documents(work: pathlib.Path, manifest: dict, ids: np.ndarray, dtype):
-  """(index, {'tokens': array}) for the documents ``ids`` (ascending), read shard by shard."""
-  first, index = 0, 0
-  for shard, size in enumerate(shards.sizes(manifest)):
-    mine = ids[(ids >= first) & (ids < first + size)] - first
-    if len(mine):
-      meta = np.load(work / 'meta' / f'{shard:05d}.npz')
-      keep = meta['fate'] == stages.KEEP
-      lengths = np.where(keep, meta['ntokens'], 0)
-      starts = np.cumsum(lengths) - lengths
-      tokens = np.memmap(work / 'tok' / f'{shard:05d}.bin', dtype, 'r') if lengths.sum() else None
-      for doc in mine.tolist():
-        yield index, {'tokens': tokens[starts[doc]:starts[doc] + lengths[doc]]}
-        index += 1
-    first += size
