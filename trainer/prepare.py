@@ -40,6 +40,7 @@ from trainer import corpus, dedup, language, selection, shards, stages, storage
 from trainer.config import ConfigError
 
 SPLITS = ('train', 'validation')
+WORK_FORMAT = 2  # Of the files in .NAME.incomplete: a killed run of older code starts over.
 
 
 @dataclasses.dataclass
@@ -124,7 +125,8 @@ def _fingerprint(opts: Options) -> dict:
   """What a resumed run must share with the killed one: options and input files."""
   skip = ('output', 'overwrite', 'workers')
   files = corpus.input_files(list(opts.inputs) + list(opts.val_inputs))
-  return {'options': {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip},
+  return {'format': WORK_FORMAT,
+          'options': {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip},
           'files': [[str(f.absolute()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
 
 
