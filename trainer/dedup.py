@@ -32,14 +32,21 @@ _WORD_BASE_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-  """BASE**k and BASE**-k for k < n (modulo 2**64), computed once and grown on demand."""
+  """BASE**k and BASE**-k for k < n (modulo 2**64), kept and grown on demand up to
+  _POWERS_KEPT; a longer document gets its own, dropped after it."""
   global _POWERS
-  if len(_POWERS[0]) < n:
-    size = max(n, 2 * len(_POWERS[0]))
-    _POWERS = tuple(np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, base, np.uint64),
-                                                               dtype=np.uint64)])
-                    for base in (_WORD_BASE, _WORD_BASE_INV))
-  return _POWERS
+  if len(_POWERS[0]) >= n:
+    return _POWERS
+  size = max(n, min(2 * len(_POWERS[0]), _POWERS_KEPT))
+  powers = tuple(np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, base, np.uint64),
+                                                            dtype=np.uint64)])
+                 for base in (_WORD_BASE, _WORD_BASE_INV))
+  if size <= _POWERS_KEPT:
+    _POWERS = powers
+  return powers
+
+
+_POWERS_KEPT = 1 << 22  # 4 MiB documents: 64 MiB of tables at most stay in memory.
 
 
 _POWERS = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
