@@ -123,7 +123,7 @@ class Clean(_Step):
     tok_path, shingle_path = (self.work / d / f'{rank:05d}.bin' for d in ('tok', 'shingles'))
     with open(f'{tok_path}.tmp', 'wb') as out, open(f'{shingle_path}.tmp', 'wb') as out_shingles:
       for text in shards.Reader(self.work / 'shards', rank):
-        ids = tok.encode(text)
+        ids, sketched = tok.encode(text), 0
         digests.append(np.frombuffer(dedup.digest(text), np.uint8))
         ntokens.append(len(ids))
         if keep_text is not None and not keep_text(text):
@@ -138,7 +138,8 @@ class Clean(_Step):
             keys.append(dedup.band_keys(dedup.signature(shingles, permutations), cfg['bands'],
                                         cfg['rows']))
             out_shingles.write(shingles.tobytes())  # For Confirm: hashing again costs more.
-        nshingles.append(len(shingles) if fate[-1] == KEEP and cfg['near'] else 0)
+            sketched = len(shingles)
+        nshingles.append(sketched)
     os.replace(f'{tok_path}.tmp', tok_path)
     os.replace(f'{shingle_path}.tmp', shingle_path)
     n = len(ntokens)
