@@ -4,6 +4,8 @@
     python benchmarks/data.py --input FILE_OR_DIR --separator '\\n\\n' --batches 200
     python benchmarks/data.py --scale_mb 200      # prepare on 1 and 2 workers, ~200 MB corpus
     python benchmarks/data.py --scale_mb 20       # the same, quick
+    python benchmarks/data.py --profile_mb 200    # cProfile of a one-worker prepare
+    python benchmarks/data.py --serialize         # one output record: TFDS's encoder vs ours
 
 ``--scale_mb`` builds a corpus from ../shared/data texts (3 KB documents, copied with
 word-level perturbations: light ones make near duplicates, heavy ones new documents),
@@ -30,7 +32,8 @@ import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# Replace the script's own directory: benchmarks/profile.py would shadow the stdlib `profile`.
+sys.path[0] = ROOT
 
 from trainer import config, data, prepare  # noqa: E402
 
@@ -197,6 +200,39 @@ def scale_main(args):
     print(f'projected 40 GB on {cores} cores: {hours:.1f} h')
 
 
+def profile_main(args):
+  """One-worker prepare of a --profile_mb corpus under cProfile: where the time goes."""
+  import cProfile
+  import pstats
+  with tempfile.TemporaryDirectory() as tmp:
+    corpus = os.path.join(tmp, 'corpus')
+    build_corpus(corpus, args.profile_mb)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    prepare.prepare(prepare.Options(inputs=[corpus], output=os.path.join(tmp, 'out'),
+                                    bpe_dir=args.bpe_dir, workers=1), say=lambda *a: None)
+    profiler.disable()
+  stats = pstats.Stats(profiler)
+  stats.sort_stats('cumulative').print_stats(r'trainer/|encode_ordinary|serializ', 30)
+
+
+def serialize_main():
+  """Microseconds per 1,000-token record: TFDS's serialize_example against stages.serialize."""
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from trainer import stages
+  features = tfds.features.FeaturesDict(
+      {'tokens': tfds.features.Tensor(shape=(None,), dtype=np.uint16)})
+  tokens = np.random.default_rng(0).integers(0, 50257, 1000).astype(np.uint16)
+  for name, f in (('FeaturesDict.serialize_example', lambda: features.serialize_example(
+      {'tokens': tokens})), ('stages.serialize', lambda: stages.serialize(tokens))):
+    f()
+    started = time.perf_counter()
+    for _ in range(2000):
+      f()
+    print(f'{name}: {(time.perf_counter() - started) / 2000 * 1e6:.0f} us per record')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--input', nargs='+', default=[
@@ -206,9 +242,15 @@ def main():
   parser.add_argument('--batches', type=int, default=100)
   parser.add_argument('--scale_mb', type=float, help='prepare on 1 and 2 workers, this big a corpus')
   parser.add_argument('--repeats', type=int, default=1, help='interleaved runs per worker count')
+  parser.add_argument('--profile_mb', type=float, help='cProfile a one-worker prepare this big')
+  parser.add_argument('--serialize', action='store_true', help='time one record\'s encoding')
   args = parser.parse_args()
   if args.scale_mb:
     return scale_main(args)
+  if args.profile_mb:
+    return profile_main(args)
+  if args.serialize:
+    return serialize_main()
   separator = args.separator.encode().decode('unicode_escape')
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'data')
