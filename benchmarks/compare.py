@@ -15,7 +15,9 @@ tokens/s comes from the median step. Matmul ceilings (2048^3 by default) are mea
 interleaved in the same run for each framework and precision (torch's bf16 at most 512^3:
 on a CPU without bf16 instructions it runs ~100x below its float32). Peak RSS is the process's
 high-water mark after each variant is built and has stepped once (cumulative: one process).
---skip CASE:VARIANT leaves a variant out (reported as not run; null in --json).
+--skip CASE:VARIANT leaves a variant out (reported as not run; null in --json). The process
+applies trainer/hostmalloc.py's glibc settings as `trainer` does (torch shares them; run with
+TRAINER_MALLOC=default for glibc's defaults everywhere).
 """
 import argparse
 import json
@@ -28,6 +30,11 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Replace the script's own directory: benchmarks/profile.py would shadow the stdlib `profile`.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from trainer import hostmalloc  # noqa: E402
+
+# As the `trainer` command does, before any thread starts. Torch runs in this process and gets
+# the same allocator; TRAINER_MALLOC=default measures every variant with glibc's defaults.
+MALLOC = hostmalloc.apply()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -253,10 +260,12 @@ def main():
     print(json.dumps({**{k: first['tokens_per_sec'].get(k) for k in
                          ('ours_bf16', 'ours_f32', 'torch_bf16', 'torch_f32')},
                       'case': a.cases[0], 'cpu': cpu, 'matmul_ceiling_gflops': ceil,
+                      'malloc': MALLOC,
                       'cases': results}))
     return
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu}; '
-        f'load average {os.getloadavg()[0]:.1f}; jax {jax.__version__}, torch {torch.__version__}')
+        f'load average {os.getloadavg()[0]:.1f}; jax {jax.__version__}, torch {torch.__version__}; '
+        f'malloc: {MALLOC} (trainer/hostmalloc.py)')
   print(f'matmul ceilings ({a.matmul}^3; torch bf16 {min(a.matmul, TORCH_BF16_MATMUL_MAX)}^3), '
         'GFLOP/s, best of before/after: '
         + ', '.join(f'{k} {v:,.0f}' for k, v in ceil.items()))

@@ -184,3 +184,38 @@ def test_bfloat16_backward_runs_no_float32_dots(remat):
   # Forward: qkv, scores, values, out, fc, proj per layer, LM head; backward has two per dot.
   assert len(bf16_dots) >= 3 * 7
   assert set(bf16_dots) == {('bf16', 'bf16')}
+
+
+def _unfused_dots(hlo: str) -> int:
+  """Dots that XLA:CPU runs as plain Eigen dots: those outside every fusion's computation."""
+  fused = set(re.findall(r'fusion\(.*calls=(%[\w.\-]+)', hlo))
+  count, inside = 0, False
+  for line in hlo.splitlines():
+    if line and not line.startswith(' ') and '{' in line:  # A computation starts.
+      inside = line.split()[1 if line.startswith('ENTRY') else 0] in fused
+    count += not inside and ' dot(' in line
+  return count
+
+
+def test_float32_backward_equals_plain_einsum_on_fused_dots(monkeypatch):
+  """contract's float32 backward: jax.grad's gradients, without its unfused transposed dots."""
+  from trainer import model
+  cfg = ModelConfig(vocab_size=300, embed_dim=128, num_heads=4, mlp_dim=512, num_layers=2)
+  params = nn.unbox(Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (12, 65), 0, 300)
+
+  def loss(p):
+    logits = Decoder(cfg).apply(p, tokens[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+  def grads():
+    fn = jax.jit(jax.grad(loss))
+    return fn(params), fn.lower(params).compile().as_text()
+  ours, ours_hlo = grads()
+  monkeypatch.setattr(model, 'contract', lambda eqn, a, b, dtype, out_dtype=jnp.float32: jnp.einsum(
+      eqn, a, b, preferred_element_type=jnp.float32).astype(out_dtype))
+  plain, plain_hlo = grads()
+  assert _unfused_dots(plain_hlo) > 0  # jax.grad's layout: the parser sees the Eigen dots.
+  assert _unfused_dots(ours_hlo) == 0
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(plain), jax.tree.leaves(ours)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))

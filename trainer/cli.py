@@ -11,7 +11,7 @@ import os
 import sys
 
 from trainer import config as config_lib
-from trainer import distributed, storage
+from trainer import distributed, hostmalloc, storage
 from trainer.spec import PATH, Key, add_flag
 
 _OVERRIDE = '--config.'
@@ -330,6 +330,7 @@ _abandon_threads = False
 
 def entry() -> int:
   """The ``trainer`` command: main(), then an exit that does not wait for abandoned writes."""
+  hostmalloc.apply()  # Before JAX starts its threads: CPU steps reuse their memory.
   code = main()
   if _abandon_threads:  # What was committed is durable; the failed save is abandoned.
     sys.stdout.flush()

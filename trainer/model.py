@@ -81,32 +81,33 @@ def _ones(module, name, shape, axes):
 def contract(eqn: str, a, b, dtype, out_dtype=jnp.float32):
   """einsum of a and b cast to the compute dtype, accumulated in float32, cast to out_dtype.
 
-  In float32 this is a plain einsum. In a narrower dtype it is a custom VJP: jax.grad
-  would hand the einsum a float32 cotangent (the output is accumulated and often kept in
-  float32), and XLA then runs both backward dots in float32. Here the backward casts the
-  cotangent to the compute dtype and accumulates in float32 again; each input's gradient
-  comes back in that input's own dtype (float32 master weights get float32 gradients).
+  A custom VJP whose backward writes both gradients as einsums in the layouts XLA runs
+  fast (weight gradients keep (batch, length) as two contracting dimensions and need no
+  transpose). Left to jax.grad, the backward differs in two ways that cost:
+  * in a narrower dtype the output is accumulated and often kept in float32, so the
+    cotangent arrives in float32 and XLA runs both backward dots in float32; here it is
+    cast to the compute dtype (each input's gradient still comes back in that input's own
+    dtype: float32 master weights get float32 gradients);
+  * in float32 too, XLA:CPU lowered the MLP's weight gradient to a plain Eigen dot fed by
+    a transposed copy of the cotangent (docs/performance.md, section 7).
   """
-  if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum(eqn, a.astype(dtype), b.astype(dtype),
-                      preferred_element_type=jnp.float32).astype(out_dtype)
   dtypes = tuple(jnp.dtype(t) for t in (dtype, out_dtype, a.dtype, b.dtype))
-  return _narrow_contract(eqn, dtypes, a, b)
+  return _contract(eqn, dtypes, a, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _narrow_contract(eqn, dtypes, a, b):
+def _contract(eqn, dtypes, a, b):
   dtype, out_dtype = dtypes[:2]
   return jnp.einsum(eqn, a.astype(dtype), b.astype(dtype),
                     preferred_element_type=jnp.float32).astype(out_dtype)
 
 
-def _narrow_contract_fwd(eqn, dtypes, a, b):
+def _contract_fwd(eqn, dtypes, a, b):
   a_c, b_c = a.astype(dtypes[0]), b.astype(dtypes[0])  # Residuals in the compute dtype.
   return jnp.einsum(eqn, a_c, b_c, preferred_element_type=jnp.float32).astype(dtypes[1]), (a_c, b_c)
 
 
-def _narrow_contract_bwd(eqn, dtypes, res, g):
+def _contract_bwd(eqn, dtypes, res, g):
   (a_c, b_c), (dtype, _, a_dtype, b_dtype) = res, dtypes
   (sa, sb), out = eqn.split('->')[0].split(','), eqn.split('->')[1]
   g = g.astype(dtype)
@@ -115,7 +116,7 @@ def _narrow_contract_bwd(eqn, dtypes, res, g):
   return da, db
 
 
-_narrow_contract.defvjp(_narrow_contract_fwd, _narrow_contract_bwd)
+_contract.defvjp(_contract_fwd, _contract_bwd)
 
 
 def _einsum_to(target: str, x, y):
