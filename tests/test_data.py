@@ -51,11 +51,26 @@ def test_packing_is_the_documents_joined_by_end_of_text():
   assert got.dtype == np.int32
   np.testing.assert_array_equal(got, stream[:84])
   assert packed[0].tolist() == [10, 10, 10, EOT, 11, EOT, 12]  # Rows cross document ends.
-  shuffled = rows.Packed(docs, lengths, row_len=7, seed=3)
+  shuffled = rows.Packed(docs, lengths, row_len=7, seed=3, row_block=40)
   epochs = [np.concatenate([shuffled[i] for i in range(k * 40, (k + 1) * 40)]) for k in range(2)]
   assert not np.array_equal(epochs[0], stream[:280]) and not np.array_equal(epochs[0], epochs[1])
   for epoch in epochs:  # Each epoch (40 rows x 7 = 7 epochs of 40 tokens) holds every document.
     assert sorted(epoch.tolist()) == sorted(np.concatenate(docs * 7).tolist())
+
+
+def test_rows_of_one_long_document_are_shuffled_within_blocks():
+  """A single long text does not reach the batches in reading order; each row comes once."""
+  text = np.append(np.arange(50_000, dtype=np.int32), EOT)
+  ordered = rows.Packed([text], [len(text)], row_len=5, seed=None)
+  shuffled = rows.Packed([text], [len(text)], row_len=5, seed=7, row_block=1000)
+  assert ordered[1].tolist() == [5, 6, 7, 8, 9]  # Without a seed: the stored order.
+  starts = [int(shuffled[i][0]) for i in range(2000)]
+  assert starts[:8] != sorted(starts[:8])  # Neighbouring rows are not neighbouring text.
+  for block in (starts[:1000], starts[1000:]):  # Each block holds its own rows, each once.
+    first = block == starts[:1000]
+    assert sorted(block) == list(range(0 if first else 5000, 5000 if first else 10_000, 5))
+  again = rows.Packed([text], [len(text)], row_len=5, seed=7, row_block=1000)
+  assert [int(again[i][0]) for i in range(2000)] == starts  # Seeded: the same on every process.
 
 
 def test_process_shares_are_parts_of_one_global_batch():

@@ -10,6 +10,9 @@ grain path do the same). Two orders:
 * :class:`Packed`: documents (each ending with end-of-text) in a seeded permutation
   drawn afresh each epoch, virtually concatenated epoch after epoch and cut into rows
   of ``row_len`` tokens; row ``i`` is found through the cumulative document lengths.
+  The rows are then shuffled within blocks of ``ROW_BLOCK`` (as Megatron-LM and OLMo
+  shuffle packed samples): without it the rows of one long document (a book, or a whole
+  corpus given as one text) would reach a batch side by side, in reading order.
 * :class:`Windows`: windows of ``length + 1`` tokens of one token array (the embedded
   corpus), in a seeded permutation drawn afresh each epoch.
 
@@ -26,6 +29,7 @@ import grain
 import numpy as np
 
 ENDLESS = sys.maxsize  # Length of an endless order (grain's repeat(None) uses the same).
+ROW_BLOCK = 16384  # Packed rows are shuffled within blocks of this many (16.8M tokens at 1,024).
 
 
 def permutation(seed: int | None, epoch: int, n: int) -> np.ndarray:
@@ -54,7 +58,7 @@ class Packed:
   """Documents packed into rows of ``row_len`` tokens; row i is random access."""
 
   def __init__(self, documents, lengths: np.ndarray, row_len: int, seed: int | None,
-               cache_documents: int = 256):
+               cache_documents: int = 256, row_block: int = ROW_BLOCK):
     """``documents[i]`` is document i's ids (ending with end-of-text), ``lengths[i]`` its length."""
     self.lengths = np.asarray(lengths, np.int64)
     if not len(self.lengths) or self.lengths.min() < 1:
@@ -63,6 +67,9 @@ class Packed:
     # A document longer than a row, or crossing a row end, is read by several rows.
     self.document = functools.lru_cache(cache_documents)(lambda i: np.asarray(documents[i], np.int32))
     self.epochs = _Epochs(self._order)
+    self.row_block = 1 if seed is None else row_block  # seed None: the stored order.
+    self.blocks = _Epochs(lambda block: np.random.default_rng(
+        [seed % 2**32, block, 1]).permutation(self.row_block).astype(np.int32))
 
   def _order(self, epoch: int):
     order = permutation(self.seed, epoch, len(self.lengths))
@@ -85,7 +92,9 @@ class Packed:
     return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
 
   def __getitem__(self, i: int) -> np.ndarray:
-    return self.tokens(int(i) * self.row_len, (int(i) + 1) * self.row_len)
+    block, j = divmod(int(i), self.row_block)
+    i = block * self.row_block + int(self.blocks[block][j]) if self.row_block > 1 else int(i)
+    return self.tokens(i * self.row_len, (i + 1) * self.row_len)
 
 
 class Windows:
