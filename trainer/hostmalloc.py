@@ -4,7 +4,7 @@ XLA:CPU allocates each step's temporaries afresh and frees them when the step en
 glibc's defaults every one of those frees hands the memory back to the kernel (a buffer
 above the mmap threshold is unmapped; a thread arena's heap is trimmed), so the next step
 faults the same pages in again and the kernel zeroes them: on the 2 Zen 3 cores of the
-development machines, 70 of a tiny model's 128 ms per step was kernel time, and a
+development machines, 68 of a small model's 125 ms per step was kernel time, and a
 gpt2-124M step faulted in 2.6 GB (docs/performance.md, section 7). Three settings keep the
 memory in the process, where the next step reuses it:
 
