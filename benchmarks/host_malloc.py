@@ -94,8 +94,7 @@ def main():
     for setting, rs in runs.items():
       med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != 'malloc'}
       print(f'| {setting} ({rs[0]["malloc"]}) | {med["ms_per_step"]:,.1f} | '
-            f'{med["user_ms"]:,.1f} | '
-            f'{med["sys_ms"]:,.1f} | {med["faults"]:,.0f} |')
+            f'{med["user_ms"]:,.1f} | {med["sys_ms"]:,.1f} | {med["faults"]:,.0f} |')
 
 
 if __name__ == '__main__':

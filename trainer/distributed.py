@@ -31,13 +31,16 @@ class Settings:
   init_timeout: int = 300       # Seconds to wait for every process to join.
 
 
+def tpu_chips() -> list[str]:
+  """This host's TPU chips: /dev/accel* (v2-v4) or /dev/vfio/N (v5 and newer) on a TPU VM."""
+  return glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
+
+
 def detected_cluster() -> str:
   """'slurm' or 'tpu' when JAX's automatic detection applies here, else ''."""
   if 'SLURM_JOB_ID' in os.environ and int(os.environ.get('SLURM_NTASKS', '1')) > 1:
     return 'slurm'
-  # TPU chips show up as /dev/accel* (v2-v4) or /dev/vfio/N (v5 and newer) on a TPU VM.
-  chips = glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
-  if chips and importlib.util.find_spec('libtpu') is not None:
+  if tpu_chips() and importlib.util.find_spec('libtpu') is not None:
     return 'tpu'
   return ''
 

@@ -26,6 +26,8 @@ import glob
 import os
 import platform
 
+from trainer import distributed
+
 # mallopt(3) parameter numbers, from glibc's <malloc.h>.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
@@ -35,9 +37,7 @@ ENV = 'TRAINER_MALLOC'
 def _accelerator_host(environ) -> bool:
   if environ.get('JAX_PLATFORMS', '').strip().lower() == 'cpu':
     return False
-  # TPU chips: /dev/accel* (v2-v4), /dev/vfio/N (v5 and newer); NVIDIA GPUs: /dev/nvidiaN.
-  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
-              or glob.glob('/dev/nvidia[0-9]*'))
+  return bool(distributed.tpu_chips() or glob.glob('/dev/nvidia[0-9]*'))  # NVIDIA: /dev/nvidiaN.
 
 
 def decide(environ=os.environ) -> str:

@@ -32,11 +32,14 @@ ENDLESS = sys.maxsize  # Length of an endless order (grain's repeat(None) uses t
 ROW_BLOCK = 16384  # Packed rows are shuffled within blocks of this many (16.8M tokens at 1,024).
 
 
-def permutation(seed: int | None, epoch: int, n: int) -> np.ndarray:
-  """The order of ``n`` items in ``epoch``; the same on every process."""
+def permutation(seed: int | None, epoch: int, n: int, stream: int = 0) -> np.ndarray:
+  """The order of ``n`` items in ``epoch``; the same on every process.
+
+  ``stream`` keeps independent orders apart (documents: 0, rows within a block: 1).
+  """
   if seed is None:
     return np.arange(n)
-  return np.random.default_rng([seed % 2**32, epoch]).permutation(n)
+  return np.random.default_rng([seed % 2**32, epoch, *([stream] if stream else [])]).permutation(n)
 
 
 class _Epochs:
@@ -67,9 +70,8 @@ class Packed:
     # A document longer than a row, or crossing a row end, is read by several rows.
     self.document = functools.lru_cache(cache_documents)(lambda i: np.asarray(documents[i], np.int32))
     self.epochs = _Epochs(self._order)
-    self.row_block = 1 if seed is None else row_block  # seed None: the stored order.
-    self.blocks = _Epochs(lambda block: np.random.default_rng(
-        [seed % 2**32, block, 1]).permutation(self.row_block).astype(np.int32))
+    self.row_block = row_block
+    self.blocks = _Epochs(lambda block: permutation(seed, block, row_block, stream=1))
 
   def _order(self, epoch: int):
     order = permutation(self.seed, epoch, len(self.lengths))
@@ -93,7 +95,7 @@ class Packed:
 
   def __getitem__(self, i: int) -> np.ndarray:
     block, j = divmod(int(i), self.row_block)
-    i = block * self.row_block + int(self.blocks[block][j]) if self.row_block > 1 else int(i)
+    i = block * self.row_block + int(self.blocks[block][j])  # seed None: the stored order.
     return self.tokens(i * self.row_len, (i + 1) * self.row_len)
 
 
