@@ -2,6 +2,9 @@
 
     python benchmarks/profile.py                                  # gpt2-124M, seq 256, batch 4
     python benchmarks/profile.py --config configs/tiny.py --dtype float32 --steps 3
+    python benchmarks/profile.py --config '' --seq-len 64 --batch 12 --dtype float32 --steps 5 \
+        --set model.vocab_size=257 model.max_len=64 model.embed_dim=128 model.num_layers=4 \
+        model.num_heads=4 model.mlp_dim=512 model.use_bias=False     # nanoGPT's CPU shape
 
 Compiles the real train step (dropout off), traces --steps steps with jax.profiler into
 --out, and maps each traced XLA op back to its HLO instruction: forward ('jvp'),
@@ -127,10 +130,13 @@ def main():
   p.add_argument('--steps', type=int, default=2)
   p.add_argument('--top', type=int, default=12)
   p.add_argument('--out', default=tempfile.mkdtemp(prefix='profile-'))
+  p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                 help='more config overrides, e.g. model.num_layers=4')
   a = p.parse_args()
   overrides = {'train.seq_len': a.seq_len, 'train.batch_size': a.batch, 'model.dtype': a.dtype,
                'model.remat': a.remat, 'model.dropout': 0.0, 'model.embed_dropout': 0.0,
-               'model.attn_dropout': 0.0, 'mesh.fsdp': 1, 'log.tensorboard': False}
+               'model.attn_dropout': 0.0, 'mesh.fsdp': 1, 'log.tensorboard': False,
+               **dict(kv.split('=', 1) for kv in a.set)}
   cfg = config.load(a.config, {k: str(v) for k, v in overrides.items()})
   config.validate(cfg, 1)
   setup = train.build(cfg, devices=jax.devices()[:1])
