@@ -58,6 +58,8 @@ def _declare() -> ml_collections.ConfigDict:
   m.scale_residual_init = Key(True)  # Residual output projections get init_std / sqrt(2 * layers).
   m.dtype = Key('float32', choices=('float32', 'bfloat16'))  # Compute dtype; params stay float32.
   m.scan_layers = Key(True)      # nn.scan over blocks: compile time independent of depth.
+                             # False: layers in line; faster steps for a few-layer model
+                             # on a CPU (docs/performance.md, section 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
   m.loss_chunk = Key(0, ge=0)    # Cross-entropy over this many positions at a time (all rows),
                              # so the [batch, length, vocab] logits never exist whole (0: off).

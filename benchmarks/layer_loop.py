@@ -1,0 +1,96 @@
+"""The layers in one nn.scan loop (scan_layers=True, the default) against in line (False).
+
+    python benchmarks/layer_loop.py                          # nano, nano8, then gpt2-124M
+    python benchmarks/layer_loop.py --cases nano --rounds 10
+
+One process, with trainer/hostmalloc.py's settings as the `trainer` command applies them,
+builds our real train step (float32, dropout off, remat none, one CPU device) both ways
+for a case, timing each compile (no persistent compilation cache), then runs the two in
+alternating blocks of --steps steps (A B A B ...) so drift hits both alike, and prints the
+median ms per step. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
+wide, block 64, batch 12; byte vocabulary), 'nano8' the same 8 layers deep, 'gpt2-124m'
+the gpt2 preset (12 layers) at sequence 256, batch 4.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[0] = ROOT
+from benchmarks.host_malloc import CASES as MALLOC_CASES  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
+
+CASES = {
+    'nano': MALLOC_CASES['nano'][:2] + (25,),
+    'nano8': (MALLOC_CASES['nano'][0], {**MALLOC_CASES['nano'][1], 'model.num_layers': 8}, 12),
+    'gpt2-124m': MALLOC_CASES['gpt2-124m'][:2] + (1,),
+}
+
+
+def build(case: str, scan: bool):
+  import jax
+  from trainer import config, train
+  spec, overrides, _ = CASES[case]
+  cfg = config.load(spec, {k: str(v) for k, v in overrides.items()})
+  for key, value in {'mesh.fsdp': 1, 'model.remat': 'none', 'model.dropout': 0.0,
+                     'model.embed_dropout': 0.0, 'model.attn_dropout': 0.0,
+                     'model.scan_layers': scan}.items():
+    config.set_value(cfg, key, value)
+  config.validate(cfg, 1)
+  setup = train.build(cfg, devices=jax.devices()[:1])
+  state = setup.init_state(0)
+  start = time.perf_counter()
+  step = setup.compile_train_step()
+  return setup, state, step, time.perf_counter() - start
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--cases', default='nano,nano8,gpt2-124m')
+  p.add_argument('--rounds', type=int, default=6)
+  p.add_argument('--steps', type=int, default=0, help="steps per timed block (0: the case's)")
+  a = p.parse_args()
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  from trainer import hostmalloc
+  decision = hostmalloc.apply()
+  import jax
+  import numpy as np
+  from trainer import data
+  print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
+        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}')
+  print('\n| case | layers | scan_layers | compile s | median ms per step | min ms | speed vs scan |')
+  print('|---|---|---|---|---|---|---|')
+  for case in a.cases.split(','):
+    steps = a.steps or CASES[case][2]
+    runs = {}
+    for scan in (True, False):
+      setup, state, step, compile_s = build(case, scan)
+      t = setup.cfg.train
+      rng = np.random.default_rng(0)
+      batches = [data.to_global(rng.integers(0, setup.cfg.model.vocab_size,
+                                             (t.batch_size, t.seq_len + 1)).astype(np.int32),
+                                setup.batch_sharding) for _ in range(4)]
+      for b in batches[:2]:  # Warm-up: the heap reaches its steady size.
+        state, m = step(state, b)
+        float(m['loss'])
+      runs[scan] = {'state': state, 'step': step, 'batches': batches, 'compile_s': compile_s,
+                    'ms': [], 'layers': setup.cfg.model.num_layers}
+    for _ in range(a.rounds):
+      for r in runs.values():
+        start = time.perf_counter()
+        for i in range(steps):
+          r['state'], m = r['step'](r['state'], r['batches'][i % 4])
+          float(m['loss'])  # As the loop's logging does: the step has finished.
+        r['ms'].append(1000 * (time.perf_counter() - start) / steps)
+    ref = statistics.median(runs[True]['ms'])
+    for scan, r in runs.items():
+      med = statistics.median(r['ms'])
+      print(f'| {case} | {r["layers"]} | {scan} | {r["compile_s"]:.1f} | {med:,.1f} | '
+            f'{min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
+    runs.clear()
+
+
+if __name__ == '__main__':
+  main()
