@@ -30,23 +30,28 @@ CASES = {
 }
 
 
+def build(spec: str, overrides: dict, **extra):
+  """A case's float32 train setup (dropout off, remat none, one CPU device), plus `extra` keys."""
+  import jax
+  from trainer import config, train
+  cfg = config.load(spec, {k: str(v) for k, v in overrides.items()})
+  for key, value in {'mesh.fsdp': 1, 'model.remat': 'none', 'model.dropout': 0.0,
+                     'model.embed_dropout': 0.0, 'model.attn_dropout': 0.0, **extra}.items():
+    config.set_value(cfg, key, value)
+  config.validate(cfg, 1)
+  return train.build(cfg, devices=jax.devices()[:1])
+
+
 def child(case: str, steps: int):
   """Runs in the fresh process: applies the settings as `trainer` does, times the steps."""
   from trainer import hostmalloc
   decision = hostmalloc.apply()
-  import jax
   import numpy as np
-  from trainer import config, data, train
-  spec, overrides, _ = CASES[case]
-  cfg = config.load(spec, {k: str(v) for k, v in overrides.items()})
-  for key, value in {'mesh.fsdp': 1, 'model.remat': 'none', 'model.dropout': 0.0,
-                     'model.embed_dropout': 0.0, 'model.attn_dropout': 0.0}.items():
-    config.set_value(cfg, key, value)
-  config.validate(cfg, 1)
-  setup = train.build(cfg, devices=jax.devices()[:1])
+  from trainer import data
+  setup = build(*CASES[case][:2])
   state, step = setup.init_state(0), setup.compile_train_step()
-  t = cfg.train
-  tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (t.batch_size, t.seq_len + 1))
+  t = setup.cfg.train
+  tokens = np.random.default_rng(0).integers(0, setup.cfg.model.vocab_size, (t.batch_size, t.seq_len + 1))
   batch = data.to_global(tokens.astype(np.int32), setup.batch_sharding)
   for _ in range(2):  # Warm-up: the heap reaches its steady size.
     state, m = step(state, batch)

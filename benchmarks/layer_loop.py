@@ -19,27 +19,19 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT
-from benchmarks.host_malloc import CASES as MALLOC_CASES  # noqa: E402
+from benchmarks import host_malloc  # noqa: E402
 from benchmarks.machine import cpu_name  # noqa: E402
 
 CASES = {
-    'nano': MALLOC_CASES['nano'][:2] + (25,),
-    'nano8': (MALLOC_CASES['nano'][0], {**MALLOC_CASES['nano'][1], 'model.num_layers': 8}, 12),
-    'gpt2-124m': MALLOC_CASES['gpt2-124m'][:2] + (1,),
+    'nano': host_malloc.CASES['nano'][:2] + (25,),
+    'nano8': (host_malloc.CASES['nano'][0], {**host_malloc.CASES['nano'][1], 'model.num_layers': 8}, 12),
+    'gpt2-124m': host_malloc.CASES['gpt2-124m'][:2] + (1,),
 }
 
 
 def build(case: str, scan: bool):
-  import jax
-  from trainer import config, train
-  spec, overrides, _ = CASES[case]
-  cfg = config.load(spec, {k: str(v) for k, v in overrides.items()})
-  for key, value in {'mesh.fsdp': 1, 'model.remat': 'none', 'model.dropout': 0.0,
-                     'model.embed_dropout': 0.0, 'model.attn_dropout': 0.0,
-                     'model.scan_layers': scan}.items():
-    config.set_value(cfg, key, value)
-  config.validate(cfg, 1)
-  setup = train.build(cfg, devices=jax.devices()[:1])
+  """(setup, initial state, compiled step, compile seconds) with model.scan_layers=scan."""
+  setup = host_malloc.build(*CASES[case][:2], **{'model.scan_layers': scan})
   state = setup.init_state(0)
   start = time.perf_counter()
   step = setup.compile_train_step()

@@ -38,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT
 from benchmarks.machine import cpu_name  # noqa: E402
 
+OURS = (('ours', ''), ('ours_unrolled', '_unrolled'))  # Run names, their summary keys' suffix.
 SHARED_TEXT = os.path.join(ROOT, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 NEEDED = ('train.py', 'model.py', 'configurator.py', 'config/train_shakespeare_char.py',
           'data/shakespeare_char/prepare.py')
@@ -149,7 +150,7 @@ def main():
             f'{res["val_loss"]:.4f} at step {res["val_step"]}, {res["wall_s"]:.0f} s wall')
   summary = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
              for name, rs in runs.items()}
-  for name, suffix in (('ours', ''), ('ours_unrolled', '_unrolled')):
+  for name, suffix in OURS:
     summary['speed_ratio' + suffix] = summary['nanogpt']['ms_per_iter'] / summary[name]['ms_per_iter']
     summary['val_loss_diff' + suffix] = summary[name]['val_loss'] - summary['nanogpt']['val_loss']
   summary['cpu'], summary['iters'], summary['rounds'] = cpu_name(), args.iters, args.rounds
@@ -160,7 +161,7 @@ def main():
   for name in runs:
     s = summary[name]
     print(f'| {name} | {s["ms_per_iter"]:.1f} | {s["val_loss"]:.4f} | {s["wall_s"]:.0f} |')
-  for name, suffix in (('ours', ''), ('ours_unrolled', '_unrolled')):
+  for name, suffix in OURS:
     print(f'{name} speed / nanoGPT speed: {summary["speed_ratio" + suffix]:.2f}x; val loss '
           f'{name} - nanoGPT: {summary["val_loss_diff" + suffix]:+.4f}')
   print(f'({args.iters} iterations, {args.rounds} rounds, {cpu_name()})')

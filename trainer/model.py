@@ -82,8 +82,9 @@ def contract(eqn: str, a, b, dtype, out_dtype=jnp.float32):
   """einsum of a and b cast to the compute dtype, accumulated in float32, cast to out_dtype.
 
   A custom VJP whose backward writes both gradients as einsums in the layouts XLA runs
-  fast (weight gradients keep (batch, length) as two contracting dimensions and need no
-  transpose). Left to jax.grad, the backward differs in two ways that cost:
+  fast (weight gradients keep (batch, length) as two contracting dimensions and come out
+  in the weight's own layout, with no transposed result). Left to jax.grad, the backward
+  differs in two ways that cost:
   * in a narrower dtype the output is accumulated and often kept in float32, so the
     cotangent arrives in float32 and XLA runs both backward dots in float32; here it is
     cast to the compute dtype (each input's gradient still comes back in that input's own
