@@ -72,3 +72,13 @@ def test_the_command_applies_it_before_main(monkeypatch):
   monkeypatch.setattr(hostmalloc, 'apply', lambda: calls.append('apply') or 'tuned')
   monkeypatch.setattr(cli, 'main', lambda: calls.append('main') or 0)
   assert cli.entry() == 0 and calls == ['apply', 'main']
+
+
+def test_a_bad_setting_is_one_line_and_exit_2(monkeypatch, capsys):
+  monkeypatch.setenv('TRAINER_MALLOC', 'fast')
+  monkeypatch.setattr(cli, 'main', lambda: pytest.fail('main ran despite the bad setting'))
+  assert cli.entry() == 2
+  err = capsys.readouterr().err
+  assert err == "error: TRAINER_MALLOC='fast': use default (glibc's own) or tuned, or leave it unset\n"
+  with pytest.raises(ValueError, match='TRAINER_MALLOC'):
+    hostmalloc.decide({'TRAINER_MALLOC': 'Tuned'})

@@ -330,7 +330,11 @@ _abandon_threads = False
 
 def entry() -> int:
   """The ``trainer`` command: main(), then an exit that does not wait for abandoned writes."""
-  hostmalloc.apply()  # Before JAX starts its threads: CPU steps reuse their memory.
+  try:
+    hostmalloc.apply()  # Before JAX starts its threads: CPU steps reuse their memory.
+  except ValueError as e:  # A bad TRAINER_MALLOC: nothing has started yet.
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   code = main()
   if _abandon_threads:  # What was committed is durable; the failed save is abandoned.
     sys.stdout.flush()

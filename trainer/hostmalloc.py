@@ -41,8 +41,13 @@ def _accelerator_host(environ) -> bool:
 
 
 def decide(environ=os.environ) -> str:
-  """'tuned' or why not: 'off', 'user settings', 'not glibc', 'accelerator host'."""
+  """'tuned' or why not: 'off', 'user settings', 'not glibc', 'accelerator host'.
+
+  Raises ValueError for a TRAINER_MALLOC value other than 'default' or 'tuned'.
+  """
   choice = environ.get(ENV, 'auto')
+  if choice not in ('auto', 'default', 'tuned'):
+    raise ValueError(f'{ENV}={choice!r}: use default (glibc\'s own) or tuned, or leave it unset')
   if choice == 'default':
     return 'off'
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
