@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from trainer import checkpoint, cli, data, loop, train
+from trainer import checkpoint, cli, data, loop, rows, train
 
 
 def run_cli(capsys, *argv):
@@ -32,7 +32,8 @@ def test_retention_keeps_last_and_every_kth(tmp_path):
   saved = json.loads((tmp_path / 'checkpoints/10/config/metadata').read_text())
   assert saved['checkpoint']['keep_every'] == 4 and saved['model']['embed_dim'] == 64
   position = json.loads((tmp_path / 'checkpoints/10/position/metadata').read_text())
-  assert position == {'rows': 80, 'seq_len': 64, 'seed': 0, 'tokens': 80 * 64}  # 10 x 8 rows.
+  assert position == {'rows': 80, 'seq_len': 64, 'seed': 0, 'tokens': 80 * 64,  # 10 x 8 rows,
+                      'order': rows.ORDER}  # counted in this version's row order.
 
 
 def _one_step(cfg, devices, state=None, ckpts=None, step=None):

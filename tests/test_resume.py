@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from conftest import ROOT, tiny_config
-from trainer import checkpoint, cli, data, optimizer, prepare, train
+from trainer import checkpoint, cli, data, optimizer, prepare, rows, train
 
 
 def run_cli(capsys, workdir, *flags):
@@ -47,8 +47,27 @@ def test_a_resume_that_changes_the_next_learning_rate_stops(tmp_path, capsys):
   assert code == 0, out.err
   lr_3 = float(optimizer.schedule(tiny_config(**{'train.steps': 3}).optim, 3)(2))
   assert records(tmp_path)[-1]['lr'] == pytest.approx(lr_3) and records(tmp_path)[:2] == before
+  # A position counted in another version's row order is refused; asked for, it goes on.
+  meta = tmp_path / 'checkpoints/3/position/metadata'
+  position = json.loads(meta.read_text())
+  assert position['order'] == rows.ORDER == 2
+  kept, lines = sorted(os.listdir(tmp_path / 'checkpoints')), records(tmp_path)
+  for order in (None, 3):  # None: written before orders had versions (rows in reading order).
+    meta.write_text(json.dumps({k: v for k, v in position.items() if k != 'order'}
+                               | ({'order': order} if order else {})))
+    code, out = run_cli(capsys, tmp_path, '--config.train.steps=4',
+                        '--config.optim.allow_lr_change=true')
+    assert code == 2 and out.err.count('\n') == 1 and 'Traceback' not in out.err
+    assert (f'checkpoints/3 counts its data position in row order {order or 1}, from an earlier '
+            'version; this one reads order 2') in out.err
+    assert 'pass --config.train.allow_order_change=true' in out.err
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == kept and records(tmp_path) == lines
+  code, out = run_cli(capsys, tmp_path, '--config.train.steps=4', '--config.optim.allow_lr_change=true',
+                      '--config.train.allow_order_change=true')
+  assert code == 0, out.err
+  assert 'resuming from step 3' in out.out and [r['step'] for r in records(tmp_path)] == [1, 2, 3, 4]
   # A checkpoint from before global data positions is refused with one line.
-  shutil.rmtree(tmp_path / 'checkpoints/3/position')
+  shutil.rmtree(tmp_path / 'checkpoints/4/position')
   code, out = run_cli(capsys, tmp_path, '--config.train.steps=4', '--config.optim.allow_lr_change=true')
   assert code == 2 and out.err.count('\n') == 1 and 'per-process data states' in out.err
 

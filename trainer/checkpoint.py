@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from trainer import config as config_lib
 from trainer import optimizer, storage
+from trainer.rows import ORDER as ROW_ORDER
 
 # Model fields that define parameter shapes or the function computed; a resumed run
 # or an imported checkpoint must agree on all of them (dropout, dtype, remat may change).
@@ -138,6 +139,13 @@ class Checkpoints:
       if was != now:
         raise CheckpointError(f'{self.path(step)} counts its data position with {key}={was} '
                               f'({now} now); resume with --config.{key}={was}')
+    order = position.get('order', 1)  # Written before the order had a version: the first.
+    if order != ROW_ORDER and not t.allow_order_change:
+      raise CheckpointError(f'{self.path(step)} counts its data position in row order {order}, '
+                            f'from an earlier version; this one reads order {ROW_ORDER}, so '
+                            'the same count would repeat some rows and skip others: resume with '
+                            'the version that wrote it, or pass '
+                            '--config.train.allow_order_change=true to go on in the new order')
     return position
 
   def due(self, step: int) -> bool:
@@ -153,7 +161,7 @@ class Checkpoints:
       return
     t = self.cfg.train
     position = {'rows': rows, 'seq_len': t.seq_len, 'seed': self.cfg.seed,
-                'tokens': rows * t.seq_len}
+                'tokens': rows * t.seq_len, 'order': ROW_ORDER}
     with self._storage_errors(f'saving step {step}'):  # Also reports the previous async save.
       self.manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position),

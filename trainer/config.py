@@ -78,6 +78,8 @@ def _declare() -> ml_collections.ConfigDict:
   t.eval_limit = Key(0, ge=0)    # Examples (LAMBADA, harness) or lines (WikiText) per task (0: all).
   t.sample_every = Key(0, ge=0)  # Steps between short samples, printed and logged (0: off).
   t.skip_nonfinite = Key(False)  # Skip a step with a non-finite loss or gradient; don't stop.
+  t.allow_order_change = Key(False)  # Resume a checkpoint whose data position counts rows of an
+                             # earlier version's row order, going on in this version's order.
   t.target_tokens = Key(0, ge=0, lt=2**63)  # Tokens the run is meant to see, for ETA and projected
                              # dollars (0: steps x batch_size x seq_len).
   t.compile_cache = Key('auto')  # XLA's persistent compilation cache, so a resumed or re-launched

@@ -30,6 +30,10 @@ import numpy as np
 
 ENDLESS = sys.maxsize  # Length of an endless order (grain's repeat(None) uses the same).
 ROW_BLOCK = 16384  # Packed rows are shuffled within blocks of this many (16.8M tokens at 1,024).
+# The version of these orders, saved with every data position (checkpoint.py): a row count
+# means the same rows only under the order that counted it. Raise it whenever row i changes.
+# 1: packed rows in reading order (checkpoints without 'order'); 2: shuffled within blocks.
+ORDER = 2
 
 
 def permutation(seed: int | None, epoch: int, n: int, stream: int = 0) -> np.ndarray:
