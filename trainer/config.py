@@ -61,6 +61,11 @@ def _declare() -> ml_collections.ConfigDict:
                              # False: layers in line; faster steps for a few-layer model
                              # on a CPU (docs/performance.md, section 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
+  m.attention = Key('auto', choices=('auto', 'xla', 'splash'))  # Causal self-attention in
+                             # training and evaluation. xla: softmax attention as XLA ops; splash:
+                             # the TPU flash kernel (Pallas splash attention; off TPU, Pallas's
+                             # interpreter: slow, for tests); auto: splash on TPU where it applies
+                             # (no attention dropout, length a multiple of 128), else xla.
   m.loss_chunk = Key(0, ge=0)    # Cross-entropy over this many positions at a time (all rows),
                              # so the [batch, length, vocab] logits never exist whole (0: off).
 
@@ -301,6 +306,12 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
   _require(t.seq_len <= m.max_len,
            f'--config.train.seq_len={t.seq_len} is longer than the position table '
            f'(--config.model.max_len={m.max_len}); lower seq_len or raise max_len')
+  if m.attention == 'splash':
+    _require(m.attn_dropout == 0, f'--config.model.attention=splash has no attention dropout '
+             f'(--config.model.attn_dropout={m.attn_dropout}); set it to 0 or use attention=auto')
+    _require(t.seq_len % 128 == 0, f'--config.model.attention=splash needs a length that is a '
+             f'multiple of 128 (--config.train.seq_len={t.seq_len}); change it or use '
+             'attention=auto')
   _check_mixture(cfg.data)
   shape = mesh_shape(cfg.mesh, num_devices)
   data, fsdp, tensor = shape

@@ -43,6 +43,7 @@ class ModelConfig:
   dtype: str = 'float32'
   scan_layers: bool = True
   remat: str = 'none'
+  attention: str = 'auto'
   loss_chunk: int = 0
 
   @classmethod
@@ -195,7 +196,9 @@ class Attention(nn.Module):
           o_BLHD, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
       return dense('blhd,hde->ble', o_BLHD, w_out, b_out, dt), cache
     dropout = not self.deterministic and cfg.attn_dropout > 0.0
-    if dt == jnp.float32 and not dropout:
+    if not dropout and _use_splash(cfg.attention, q_BLHD.shape[1]):
+      o_BLHD = splash_attention(q_BLHD, k_BLHD, v_BLHD, scale)
+    elif dt == jnp.float32 and not dropout:
       o_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BLHD, v_BLHD, scale=scale, is_causal=True)
     else:  # Narrow dtypes need contract()'s backward for the score and value dots too.
       o_BLHD = self._attend(q_BLHD, k_BLHD, v_BLHD, scale, dropout)
@@ -212,6 +215,62 @@ class Attention(nn.Module):
     if dropout:
       p_BHLL = nn.Dropout(self.cfg.attn_dropout)(p_BHLL, deterministic=False)
     return contract('bhqk,bkhd->bqhd', p_BHLL.astype(v_BLHD.dtype), v_BLHD, dt, v_BLHD.dtype)
+
+
+SPLASH_BLOCKS = (512, 256, 128)  # Tile sizes tried, largest first; one must divide the length.
+
+
+def _use_splash(choice: str, length: int) -> bool:
+  """Whether causal attention over ``length`` runs in the splash kernel (``model.attention``)."""
+  if choice == 'xla' or not any(length % b == 0 for b in SPLASH_BLOCKS):
+    return False
+  if choice == 'splash':
+    return True
+  # 'auto': on TPU, under a mesh (the train and eval steps set theirs), whose partitioning
+  # the kernel's shard_map follows; elsewhere XLA partitions its own attention.
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device is not None and device.platform == 'tpu'
+
+
+def _platform() -> str:
+  """The platform traced for: the mesh's devices (under `trainer compile` too), else the default."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return jax.default_backend() if device is None else device.platform
+
+
+def splash_attention(q_BLHD, k_BLHD, v_BLHD, scale: float):
+  """Causal attention through JAX's Pallas TPU splash (flash) kernel, one call per shard.
+
+  The [length, length] scores never exist whole: the kernel walks blocks of queries and
+  keys with an online softmax (float32 statistics) and skips the blocks above the diagonal;
+  its backward recomputes them. The kernel sees one device's rows and heads, so it runs
+  under shard_map with the activations' own partitioning (batch over data and fsdp, heads
+  over tensor; the length is never split). Off TPU, Pallas's interpreter runs it.
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+      splash_attention_kernel as kernels, splash_attention_mask as masks)
+  mesh, (_, L, heads, _) = jax.sharding.get_abstract_mesh(), q_BLHD.shape
+  if not mesh.empty:
+    spec = nn.logical_to_mesh_axes(('act_batch', 'act_length', 'act_heads', 'act_kv'))
+    heads_axes = spec[2] if isinstance(spec[2], tuple) else (spec[2],) if spec[2] else ()
+    heads //= math.prod(mesh.shape[a] for a in heads_axes)
+  block = next(b for b in SPLASH_BLOCKS if L % b == 0)
+  kernel = kernels.make_splash_mha(
+      masks.MultiHeadMask([masks.CausalMask((L, L))] * heads), head_shards=1, q_seq_shards=1,
+      block_sizes=kernels.BlockSizes(block, block, block_q_dkv=block, block_kv_dkv=block,
+                                     block_q_dq=block, block_kv_dq=block),
+      interpret=_platform() != 'tpu')
+
+  def local(q_BLHD, k_BLHD, v_BLHD):  # The kernel takes [heads, length, head_dim] per row.
+    to_HLD = lambda x: x.transpose(0, 2, 1, 3)
+    o_BHLD = jax.vmap(kernel)(to_HLD(q_BLHD * jnp.asarray(scale, q_BLHD.dtype)),
+                              to_HLD(k_BLHD), to_HLD(v_BLHD))
+    return o_BHLD.transpose(0, 2, 1, 3)
+
+  if mesh.empty:
+    return local(q_BLHD, k_BLHD, v_BLHD)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                       check_vma=False)(q_BLHD, k_BLHD, v_BLHD)
 
 
 def _attend_cached(q_BLHD, k_BLHD, v_BLHD, cache, positions_BL, scale):

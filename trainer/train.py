@@ -131,6 +131,10 @@ class Setup:
 
   def compile_train_step(self):
     """jit with shardings and donation, compiled ahead of time for the configured batch."""
+    return self.lower_train_step().compile()
+
+  def lower_train_step(self):
+    """The train step lowered for the mesh's devices (``.as_text()``: its StableHLO)."""
     step = jax.jit(
         lambda state, tokens: train_step(state, tokens, model=self.model, tx=self.tx,
                                          lr_schedule=self.lr_schedule,
@@ -140,7 +144,7 @@ class Setup:
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
         donate_argnums=(0,))
     with self.rules_context():
-      return step.lower(self.abstract_state(), self.abstract_batch()).compile()
+      return step.lower(self.abstract_state(), self.abstract_batch())
 
   def jit_eval_step(self):
     fn = jax.jit(lambda params, tokens: eval_step(params, tokens, model=self.eval_model),
