@@ -2,6 +2,7 @@
 
     python benchmarks/attention_memory.py                       # gpt2-124M, v5e-4, 1024 and 2048
     python benchmarks/attention_memory.py --topology v4-8 --remat dots
+    python benchmarks/attention_memory.py --seq 1024 --remat dots --set model.num_layers=2 model.vocab_size=257
 
 Compiles our real train step for a TPU topology on this machine (libtpu's compile-only
 devices; no TPU needed) with `--config.model.attention=xla` and `=auto` (the splash
@@ -32,7 +33,8 @@ def compile_report(args, seq: int, attention: str, remat: str) -> dict:
          f'--config.train.seq_len={seq}', f'--config.model.max_len={max(seq, 1024)}',
          f'--config.train.batch_size={batch}', f'--config.model.remat={remat}',
          '--config.model.dropout=0', '--config.model.attn_dropout=0',
-         '--config.model.embed_dropout=0', f'--config.model.attention={attention}']
+         '--config.model.embed_dropout=0', f'--config.model.attention={attention}',
+         *[f'--config.{kv}' for kv in args.set]]
   start = time.perf_counter()
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
   report = json.loads(out.stdout)
@@ -48,6 +50,8 @@ def main():
   p.add_argument('--seq', default='1024,2048')
   p.add_argument('--remat', default='dots,none')
   p.add_argument('--tokens_per_step', type=int, default=16384, help='global batch x length')
+  p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                 help='more config overrides, e.g. model.num_layers=2')
   args = p.parse_args()
   soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
   want = 256 * 2**20
@@ -55,7 +59,8 @@ def main():
     resource.setrlimit(resource.RLIMIT_STACK, (want if hard == resource.RLIM_INFINITY
                                                else min(want, hard), hard))
   print(f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
-        f'{args.config} on {args.topology}, bfloat16, {args.tokens_per_step} tokens per step')
+        f'{args.config} {" ".join(args.set)} on {args.topology}, bfloat16, '
+        f'{args.tokens_per_step} tokens per step')
   print('\n| length x batch | remat | attention | temporaries GiB | peak GiB | compile s |')
   print('|---|---|---|---|---|---|')
   for remat in args.remat.split(','):
