@@ -99,3 +99,14 @@ def test_splash_that_cannot_apply_exits_2_with_one_line(tmp_path, flags, message
                 '--config.model.attention=splash', *flags)
   assert out.returncode == 2 and out.stderr.strip() == message
   assert not list(tmp_path.iterdir())  # Nothing written.
+
+
+def test_splash_off_tpu_says_it_runs_in_the_interpreter(tmp_path, capsys):
+  from trainer import cli
+  flags = ['--config.train.steps=1', '--config.train.seq_len=128', '--config.model.max_len=128']
+  assert cli.main(['train', '--config=configs/tiny.py', f'--workdir={tmp_path}', *flags,
+                   '--config.model.attention=splash']) == 0
+  note = "note: model.attention=splash off TPU runs the kernel in Pallas's interpreter"
+  assert note in capsys.readouterr().out
+  assert cli.main(['train', '--config=configs/tiny.py', f'--workdir={tmp_path}/auto', *flags]) == 0
+  assert note not in capsys.readouterr().out

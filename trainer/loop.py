@@ -171,6 +171,9 @@ def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
+  if cfg.model.attention == 'splash' and setup.mesh.devices.flat[0].platform != 'tpu':
+    _say('note: model.attention=splash off TPU runs the kernel in Pallas\'s interpreter, many '
+         'times slower than attention=auto (meant for tests)')
   task_evals = evalrun.DuringTraining(cfg, setup, streams.tokenizer)  # Bad files fail here.
   sampler = generate.Generator(setup, 1) if t.sample_every else None
   state, start_step, start_rows = _start(cfg, setup, ckpts)
