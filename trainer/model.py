@@ -252,6 +252,7 @@ def splash_attention(q_BLHD, k_BLHD, v_BLHD, scale: float):
   mesh, (_, L, heads, _) = jax.sharding.get_abstract_mesh(), q_BLHD.shape
   if not mesh.empty:
     spec = nn.logical_to_mesh_axes(('act_batch', 'act_length', 'act_heads', 'act_kv'))
+    assert spec[1] is None and spec[3] is None, f'splash attention needs whole rows: {spec}'
     heads_axes = spec[2] if isinstance(spec[2], tuple) else (spec[2],) if spec[2] else ()
     heads //= math.prod(mesh.shape[a] for a in heads_axes)
   block = next(b for b in SPLASH_BLOCKS if L % b == 0)
