@@ -217,25 +217,27 @@ class Attention(nn.Module):
     return contract('bhqk,bkhd->bqhd', p_BHLL.astype(v_BLHD.dtype), v_BLHD, dt, v_BLHD.dtype)
 
 
-SPLASH_BLOCKS = (512, 256, 128)  # Tile sizes tried, largest first; one must divide the length.
+SPLASH_BLOCKS = (512, 256, 128)  # Tile sizes tried, largest first.
+
+
+def splash_block(length: int) -> int | None:
+  """The largest splash tile that divides ``length`` (None: none does; XLA's attention then)."""
+  return next((b for b in SPLASH_BLOCKS if length % b == 0), None)
+
+
+def _mesh_platform() -> str | None:
+  """The platform of the mesh traced under (under `trainer compile`, the target's); None: no mesh."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device and device.platform
 
 
 def _use_splash(choice: str, length: int) -> bool:
   """Whether causal attention over ``length`` runs in the splash kernel (``model.attention``)."""
-  if choice == 'xla' or not any(length % b == 0 for b in SPLASH_BLOCKS):
+  if choice == 'xla' or splash_block(length) is None:
     return False
-  if choice == 'splash':
-    return True
   # 'auto': on TPU, under a mesh (the train and eval steps set theirs), whose partitioning
   # the kernel's shard_map follows; elsewhere XLA partitions its own attention.
-  device = jax.sharding.get_abstract_mesh().abstract_device
-  return device is not None and device.platform == 'tpu'
-
-
-def _platform() -> str:
-  """The platform traced for: the mesh's devices (under `trainer compile` too), else the default."""
-  device = jax.sharding.get_abstract_mesh().abstract_device
-  return jax.default_backend() if device is None else device.platform
+  return choice == 'splash' or _mesh_platform() == 'tpu'
 
 
 def splash_attention(q_BLHD, k_BLHD, v_BLHD, scale: float):
@@ -255,12 +257,12 @@ def splash_attention(q_BLHD, k_BLHD, v_BLHD, scale: float):
     assert spec[1] is None and spec[3] is None, f'splash attention needs whole rows: {spec}'
     heads_axes = spec[2] if isinstance(spec[2], tuple) else (spec[2],) if spec[2] else ()
     heads //= math.prod(mesh.shape[a] for a in heads_axes)
-  block = next(b for b in SPLASH_BLOCKS if L % b == 0)
+  block = splash_block(L)
   kernel = kernels.make_splash_mha(
       masks.MultiHeadMask([masks.CausalMask((L, L))] * heads), head_shards=1, q_seq_shards=1,
       block_sizes=kernels.BlockSizes(block, block, block_q_dkv=block, block_kv_dkv=block,
                                      block_q_dq=block, block_kv_dq=block),
-      interpret=_platform() != 'tpu')
+      interpret=(_mesh_platform() or jax.default_backend()) != 'tpu')
 
   def local(q_BLHD, k_BLHD, v_BLHD):  # The kernel takes [heads, length, head_dim] per row.
     to_HLD = lambda x: x.transpose(0, 2, 1, 3)
