@@ -1,13 +1,15 @@
-"""The layers in one nn.scan loop (scan_layers=True, the default) against in line (False).
+"""The layer loop three ways: nn.scan (the default), the scan unrolled away, in line.
 
     python benchmarks/layer_loop.py                          # nano, nano8, then gpt2-124M
     python benchmarks/layer_loop.py --cases nano --rounds 10
 
 One process, with trainer/hostmalloc.py's settings as the `trainer` command applies them,
-builds our real train step (float32, dropout off, remat none, one CPU device) both ways
-for a case, timing each compile (no persistent compilation cache), then runs the two in
-alternating blocks of --steps steps (A B A B ...) so drift hits both alike, and prints the
-median ms per step. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
+builds our real train step (float32, dropout off, remat none, one CPU device) three ways
+for a case: the layers in one nn.scan loop (`model.scan_layers=True`, `scan_unroll=1`, the
+default), the same stacked layers with the loop unrolled away (`scan_unroll=0`), and the
+layers as separate modules in line (`scan_layers=False`). It times each compile (no
+persistent compilation cache), then runs them in alternating blocks of --steps steps
+(A B C A B C ...) so drift hits all alike, and prints the median ms per step. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
 wide, block 64, batch 12; byte vocabulary), 'nano8' the same 8 layers deep, 'gpt2-124m'
 the gpt2 preset (12 layers) at sequence 256, batch 4.
 """
@@ -29,9 +31,13 @@ CASES = {
 }
 
 
-def build(case: str, scan: bool):
-  """(setup, initial state, compiled step, compile seconds) with model.scan_layers=scan."""
-  setup = host_malloc.build(*CASES[case][:2], **{'model.scan_layers': scan})
+VARIANTS = {'scan': {}, 'scan_unroll=0': {'model.scan_unroll': 0},
+            'in line': {'model.scan_layers': False}}
+
+
+def build(case: str, layers: dict):
+  """(setup, initial state, compiled step, compile seconds) with the layer-loop keys `layers`."""
+  setup = host_malloc.build(*CASES[case][:2], **layers)
   state = setup.init_state(0)
   start = time.perf_counter()
   step = setup.compile_train_step()
@@ -52,13 +58,13 @@ def main():
   from trainer import data
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
         f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}')
-  print('\n| case | layers | scan_layers | compile s | median ms per step | min ms | speed vs scan |')
+  print('\n| case | layers | layer loop | compile s | median ms per step | min ms | speed vs scan |')
   print('|---|---|---|---|---|---|---|')
   for case in a.cases.split(','):
     steps = a.steps or CASES[case][2]
     runs = {}
-    for scan in (True, False):
-      setup, state, step, compile_s = build(case, scan)
+    for variant, layers in VARIANTS.items():
+      setup, state, step, compile_s = build(case, layers)
       t = setup.cfg.train
       rng = np.random.default_rng(0)
       batches = [data.to_global(rng.integers(0, setup.cfg.model.vocab_size,
@@ -67,7 +73,7 @@ def main():
       for b in batches[:2]:  # Warm-up: the heap reaches its steady size.
         state, m = step(state, b)
         float(m['loss'])
-      runs[scan] = {'state': state, 'step': step, 'batches': batches, 'compile_s': compile_s,
+      runs[variant] = {'state': state, 'step': step, 'batches': batches, 'compile_s': compile_s,
                     'ms': [], 'layers': setup.cfg.model.num_layers}
     for _ in range(a.rounds):
       for r in runs.values():
@@ -76,10 +82,10 @@ def main():
           r['state'], m = r['step'](r['state'], r['batches'][i % 4])
           float(m['loss'])  # As the loop's logging does: the step has finished.
         r['ms'].append(1000 * (time.perf_counter() - start) / steps)
-    ref = statistics.median(runs[True]['ms'])
-    for scan, r in runs.items():
+    ref = statistics.median(runs['scan']['ms'])
+    for variant, r in runs.items():
       med = statistics.median(r['ms'])
-      print(f'| {case} | {r["layers"]} | {scan} | {r["compile_s"]:.1f} | {med:,.1f} | '
+      print(f'| {case} | {r["layers"]} | {variant} | {r["compile_s"]:.1f} | {med:,.1f} | '
             f'{min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
     runs.clear()
 

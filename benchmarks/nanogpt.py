@@ -12,10 +12,12 @@ nothing is downloaded). Ours is `trainer train` on the same two halves, prepared
 `trainer prepare --tokenizer byte` (the text is ASCII, so one byte is one character; our
 vocabulary is 257 ids against nanoGPT's 65, and our layer norms keep their bias) with the
 same shape, batch, schedule and optimizer, logging every step as nanoGPT does, no
-TensorBoard. Ours runs twice per round: as shipped (`ours`: the layers in one nn.scan
-loop) and with `--config.model.scan_layers=False` (`ours_unrolled`: four layers in
-line, which at this size runs faster; docs/performance.md, section 9). Rounds alternate
-nanoGPT and ours (A B C A B C) so drift hits all alike.
+TensorBoard. Ours runs three times per round: as shipped (`ours`: the layers in one
+nn.scan loop), with `--config.model.scan_unroll=0` (`ours_scan_unroll`: the same stacked
+layers with the loop unrolled away) and with `--config.model.scan_layers=False`
+(`ours_in_line`: four separate layers); at this size the last two run faster
+(docs/performance.md, section 9). Rounds alternate nanoGPT and ours (A B C D A B C D) so
+drift hits all alike.
 
 Per-iteration time: nanoGPT's median "iter N: ... time X ms" line; ours, the median
 step_time_s of metrics.jsonl (steps and data waits, without compile and evaluation).
@@ -38,7 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT
 from benchmarks.machine import cpu_name  # noqa: E402
 
-OURS = (('ours', ''), ('ours_unrolled', '_unrolled'))  # Run names, their summary keys' suffix.
+# Our runs: name, the summary keys' suffix, the layer-loop overrides.
+OURS = (('ours', '', {}),
+        ('ours_scan_unroll', '_scan_unroll', {'model.scan_unroll': 0}),
+        ('ours_in_line', '_in_line', {'model.scan_layers': False}))
 SHARED_TEXT = os.path.join(ROOT, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 NEEDED = ('train.py', 'model.py', 'configurator.py', 'config/train_shakespeare_char.py',
           'data/shakespeare_char/prepare.py')
@@ -96,7 +101,7 @@ def run_nanogpt(nano: str, iters: int, eval_iters: int, work: str) -> dict:
           'val_step': int(vals[-1][0]), 'wall_s': wall}
 
 
-def run_ours(data_dir: str, iters: int, work: str, scan: bool = True) -> dict:
+def run_ours(data_dir: str, iters: int, work: str, layers: dict) -> dict:
   workdir = os.path.join(work, f'ours-{time.monotonic_ns()}')
   val_rows = (os.path.getsize(os.path.join(work, 'val.txt')) + 1) // (BLOCK + 1)
   overrides = {
@@ -111,7 +116,7 @@ def run_ours(data_dir: str, iters: int, work: str, scan: bool = True) -> dict:
       'optim.schedule': 'cosine', 'optim.min_lr_ratio': 0.1, 'optim.b1': 0.9,
       'optim.b2': 0.99, 'optim.weight_decay': 0.1, 'optim.decay_embeddings': True,
       'optim.clip_norm': 1.0, 'checkpoint.every': 0, 'log.tensorboard': False,
-      'log.progress': 'lines', 'mesh.fsdp': 1, 'model.scan_layers': scan}
+      'log.progress': 'lines', 'mesh.fsdp': 1, **layers}
   cmd = [sys.executable, '-m', 'trainer', 'train', f'--workdir={workdir}',
          *[f'--config.{k}={v}' for k, v in overrides.items()]]
   start = time.perf_counter()
@@ -140,17 +145,18 @@ def main():
   prepare_nanogpt(args.nanogpt, args.text)
   with tempfile.TemporaryDirectory(prefix='nanogpt-bench-') as work:
     data_dir = prepare_ours(args.text, work)
-    runs = {'nanogpt': [], 'ours': [], 'ours_unrolled': []}
+    runs = {'nanogpt': [], **{name: [] for name, _, _ in OURS}}
+    layers = {name: overrides for name, _, overrides in OURS}
     for r in range(args.rounds):
       for name in runs:
         res = (run_nanogpt(args.nanogpt, args.iters, args.eval_iters, work) if name == 'nanogpt'
-               else run_ours(data_dir, args.iters, work, scan=name == 'ours'))
+               else run_ours(data_dir, args.iters, work, layers[name]))
         runs[name].append(res)
         log(f'round {r + 1} {name}: {res["ms_per_iter"]:.1f} ms/iter, val loss '
             f'{res["val_loss"]:.4f} at step {res["val_step"]}, {res["wall_s"]:.0f} s wall')
   summary = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
              for name, rs in runs.items()}
-  for name, suffix in OURS:
+  for name, suffix, _ in OURS:
     summary['speed_ratio' + suffix] = summary['nanogpt']['ms_per_iter'] / summary[name]['ms_per_iter']
     summary['val_loss_diff' + suffix] = summary[name]['val_loss'] - summary['nanogpt']['val_loss']
   summary['cpu'], summary['iters'], summary['rounds'] = cpu_name(), args.iters, args.rounds
@@ -161,7 +167,7 @@ def main():
   for name in runs:
     s = summary[name]
     print(f'| {name} | {s["ms_per_iter"]:.1f} | {s["val_loss"]:.4f} | {s["wall_s"]:.0f} |')
-  for name, suffix in OURS:
+  for name, suffix, _ in OURS:
     print(f'{name} speed / nanoGPT speed: {summary["speed_ratio" + suffix]:.2f}x; val loss '
           f'{name} - nanoGPT: {summary["val_loss_diff" + suffix]:+.4f}')
   print(f'({args.iters} iterations, {args.rounds} rounds, {cpu_name()})')

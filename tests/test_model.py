@@ -98,10 +98,11 @@ def test_scan_and_remat_do_not_change_the_math():
     logits = Decoder(c).apply({'params': p}, tokens[:, :-1])
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
 
-  ref_loss, ref_grads = jax.value_and_grad(loss)(params, cfg)
-  for remat in ('dots', 'full'):
-    c = dataclasses.replace(cfg, remat=remat)
-    l, g = jax.value_and_grad(loss)(params, c)
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  ref_loss, ref_grads = grad(params, cfg)
+  for remat, unroll in [('dots', 1), ('full', 1), ('none', 0), ('dots', 0), ('full', 2)]:
+    c = dataclasses.replace(cfg, remat=remat, scan_unroll=unroll)
+    l, g = grad(params, c)
     assert float(l) == pytest.approx(float(ref_loss), rel=1e-6)
     for a, b in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(g)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -109,6 +110,24 @@ def test_scan_and_remat_do_not_change_the_math():
   unrolled.update({f'h_{i}': jax.tree.map(lambda x, i=i: x[i], params['h']) for i in range(3)})
   flat = dataclasses.replace(cfg, scan_layers=False)
   assert float(loss(unrolled, flat)) == pytest.approx(float(ref_loss), rel=1e-6)
+
+
+def test_scan_unroll_keeps_the_parameters_and_drops_the_loop():
+  """scan_unroll=0: the same stacked parameters from the same seed, and no loop compiled."""
+  cfg = ModelConfig(vocab_size=300, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=3)
+  unrolled = dataclasses.replace(cfg, scan_unroll=0)
+  tokens = jnp.zeros((1, 2), jnp.int32)
+  params = nn.unbox(Decoder(cfg).init(jax.random.PRNGKey(0), tokens))
+  same = nn.unbox(Decoder(unrolled).init(jax.random.PRNGKey(0), tokens))
+  assert jax.tree.structure(params) == jax.tree.structure(same)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)):
+    np.testing.assert_array_equal(a, b)  # A checkpoint resumes whatever the unroll.
+
+  def loops(c):
+    grad = jax.jit(jax.grad(lambda p: Decoder(c).apply(p, tokens).sum()))
+    return grad.lower(params).compile().as_text().count(' while(')
+  assert loops(cfg) >= 2  # The forward loop and its transpose.
+  assert loops(unrolled) == 0
 
 
 @pytest.mark.parametrize('remat', ['none', 'dots', 'full'])

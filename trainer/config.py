@@ -60,6 +60,10 @@ def _declare() -> ml_collections.ConfigDict:
   m.scan_layers = Key(True)      # nn.scan over blocks: compile time independent of depth.
                              # False: layers in line; faster steps for a few-layer model
                              # on a CPU (docs/performance.md, section 9).
+  m.scan_unroll = Key(1, ge=0)   # Layers per iteration of that loop; 0: all of them, so no
+                             # loop is left but the stacked parameter layout stays (checkpoints
+                             # resume across values). Faster steps on a CPU, longer compiles
+                             # (docs/performance.md, section 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
   m.attention = Key('auto', choices=('auto', 'xla', 'splash'))  # Causal self-attention in
                              # training and evaluation. xla: softmax attention as XLA ops; splash:
@@ -306,6 +310,12 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
   _require(t.seq_len <= m.max_len,
            f'--config.train.seq_len={t.seq_len} is longer than the position table '
            f'(--config.model.max_len={m.max_len}); lower seq_len or raise max_len')
+  _require(m.scan_unroll <= m.num_layers,
+           f'--config.model.scan_unroll={m.scan_unroll} is more than --config.model.num_layers='
+           f'{m.num_layers}; use at most {m.num_layers} (0 unrolls all layers)')
+  _require(m.scan_layers or m.scan_unroll == 1,
+           f'--config.model.scan_unroll={m.scan_unroll} unrolls the layer loop, but '
+           '--config.model.scan_layers=false has none; drop scan_unroll or set scan_layers=true')
   if m.attention == 'splash':
     _require(m.attn_dropout == 0, f'--config.model.attention=splash has no attention dropout '
              f'(--config.model.attn_dropout={m.attn_dropout}); set it to 0 or use attention=auto')

@@ -42,6 +42,7 @@ class ModelConfig:
   scale_residual_init: bool = True
   dtype: str = 'float32'
   scan_layers: bool = True
+  scan_unroll: int = 1
   remat: str = 'none'
   attention: str = 'auto'
   loss_chunk: int = 0
@@ -382,11 +383,15 @@ class Decoder(nn.Module):
     x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
 
     block = Block
+    unroll = cfg.scan_unroll or cfg.num_layers
     if cfg.remat != 'none':
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+      # Inside a loop XLA cannot merge the recomputed forward with the original one; with
+      # the layers in line (or the loop fully unrolled) it could, undoing the remat.
+      in_loop = cfg.scan_layers and unroll < cfg.num_layers
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not in_loop)
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=(0, nn.broadcast), length=cfg.num_layers,
+                      in_axes=(0, nn.broadcast), length=cfg.num_layers, unroll=unroll,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
       x_BLE, new_cache = stack(cfg, self.deterministic, name='h')(x_BLE, cache, positions_BL)
     else:
