@@ -182,6 +182,20 @@ def test_bfloat16_gradients_match_float32(remat):
     assert err < 3e-2, (jax.tree_util.keystr(path), err)
 
 
+def test_remat_dots_saves_activations_in_the_compute_dtype(capsys):
+  """remat=dots keeps the dense layers' outputs as bf16 in a bf16 model, not float32 accumulators."""
+  cfg, params, loss = _tiny_loss_and_params(remat='dots')
+
+  def saved_activations(c):  # The residuals the layer loop stacks for the backward pass.
+    jax.ad_checkpoint.print_saved_residuals(lambda p: loss(p, c), params)
+    return [line.split()[0] for line in capsys.readouterr().out.splitlines()
+            if 'output of scan' in line]
+  f32 = saved_activations(cfg)
+  bf16 = saved_activations(dataclasses.replace(cfg, dtype='bfloat16'))
+  assert len(f32) == 4 and all(s.startswith('f32[2,2,32,') for s in f32), f32  # 2 layers, [2, 32].
+  assert bf16 == [s.replace('f32', 'bf16') for s in f32]
+
+
 def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
   """(lhs, rhs) element types of every dot in compiled HLO text."""
   types = dict(re.findall(r'(%[\w.\-]+) = (\w+)\[', hlo))

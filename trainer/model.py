@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +144,15 @@ def _einsum_to(target: str, x, y):
 
 
 def dense(eqn: str, x, kernel, bias, dtype):
-  """einsum in the compute dtype with float32 accumulation, plus an optional bias."""
+  """einsum in the compute dtype with float32 accumulation, plus an optional bias.
+
+  The result is named 'dense' for remat=dots, which saves it in the compute dtype.
+  """
   if bias is None:
-    return contract(eqn, x, kernel, dtype, dtype)
-  return (contract(eqn, x, kernel, dtype) + bias).astype(dtype)
+    y = contract(eqn, x, kernel, dtype, dtype)
+  else:
+    y = (contract(eqn, x, kernel, dtype) + bias).astype(dtype)
+  return checkpoint_name(y, 'dense')
 
 
 class LayerNorm(nn.Module):
@@ -352,7 +358,11 @@ class Block(nn.Module):
 
 _REMAT_POLICIES = {
     'full': None,  # Save nothing; recompute the whole block in the backward pass.
-    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Save the dense layers' outputs (the matmuls without batch dimensions: projections and
+    # MLP), recompute attention and the elementwise ops. Named rather than jax's
+    # dots_with_no_batch_dims_saveable, which saves the same matmuls as their float32
+    # accumulators: in bfloat16 that is twice the bytes (docs/performance.md, section 10).
+    'dots': jax.checkpoint_policies.save_only_these_names('dense'),
 }
 
 
