@@ -4,12 +4,13 @@
     python benchmarks/layer_loop.py --cases nano --rounds 10
 
 One process, with trainer/hostmalloc.py's settings as the `trainer` command applies them,
-builds our real train step (float32, dropout off, remat none, one CPU device) three ways
+builds our real train step (float32, dropout off, remat --remat, one CPU device) three ways
 for a case: the layers in one nn.scan loop (`model.scan_layers=True`, `scan_unroll=1`, the
 default), the same stacked layers with the loop unrolled away (`scan_unroll=0`), and the
 layers as separate modules in line (`scan_layers=False`). It times each compile (no
 persistent compilation cache), then runs them in alternating blocks of --steps steps
-(A B C A B C ...) so drift hits all alike, and prints the median ms per step. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
+(A B C A B C ...) so drift hits all alike, and prints the median ms per step and XLA's
+temporaries for the step (`memory_analysis`). Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
 wide, block 64, batch 12; byte vocabulary), 'nano8' the same 8 layers deep, 'gpt2-124m'
 the gpt2 preset (12 layers) at sequence 256, batch 4.
 """
@@ -35,9 +36,9 @@ VARIANTS = {'scan': {}, 'scan_unroll=0': {'model.scan_unroll': 0},
             'in line': {'model.scan_layers': False}}
 
 
-def build(case: str, layers: dict):
+def build(case: str, layers: dict, remat: str = 'none'):
   """(setup, initial state, compiled step, compile seconds) with the layer-loop keys `layers`."""
-  setup = host_malloc.build(*CASES[case][:2], **layers)
+  setup = host_malloc.build(*CASES[case][:2], **layers, **{'model.remat': remat})
   state = setup.init_state(0)
   start = time.perf_counter()
   step = setup.compile_train_step()
@@ -49,6 +50,7 @@ def main():
   p.add_argument('--cases', default='nano,nano8,gpt2-124m')
   p.add_argument('--rounds', type=int, default=6)
   p.add_argument('--steps', type=int, default=0, help="steps per timed block (0: the case's)")
+  p.add_argument('--remat', default='none', choices=('none', 'dots', 'full'))
   a = p.parse_args()
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   from trainer import hostmalloc
@@ -57,14 +59,16 @@ def main():
   import numpy as np
   from trainer import data
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
-        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}')
-  print('\n| case | layers | layer loop | compile s | median ms per step | min ms | speed vs scan |')
-  print('|---|---|---|---|---|---|---|')
+        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}; '
+        f'remat {a.remat}')
+  print('\n| case | layers | layer loop | compile s | temporaries MB | median ms per step | min ms '
+        '| speed vs scan |')
+  print('|---|---|---|---|---|---|---|---|')
   for case in a.cases.split(','):
     steps = a.steps or CASES[case][2]
     runs = {}
     for variant, layers in VARIANTS.items():
-      setup, state, step, compile_s = build(case, layers)
+      setup, state, step, compile_s = build(case, layers, a.remat)
       t = setup.cfg.train
       rng = np.random.default_rng(0)
       batches = [data.to_global(rng.integers(0, setup.cfg.model.vocab_size,
@@ -74,7 +78,8 @@ def main():
         state, m = step(state, b)
         float(m['loss'])
       runs[variant] = {'state': state, 'step': step, 'batches': batches, 'compile_s': compile_s,
-                    'ms': [], 'layers': setup.cfg.model.num_layers}
+                       'temp_mb': step.memory_analysis().temp_size_in_bytes / 1e6,
+                       'ms': [], 'layers': setup.cfg.model.num_layers}
     for _ in range(a.rounds):
       for r in runs.values():
         start = time.perf_counter()
@@ -85,8 +90,8 @@ def main():
     ref = statistics.median(runs['scan']['ms'])
     for variant, r in runs.items():
       med = statistics.median(r['ms'])
-      print(f'| {case} | {r["layers"]} | {variant} | {r["compile_s"]:.1f} | {med:,.1f} | '
-            f'{min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
+      print(f'| {case} | {r["layers"]} | {variant} | {r["compile_s"]:.1f} | {r["temp_mb"]:,.0f} | '
+            f'{med:,.1f} | {min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
     runs.clear()
 
 
