@@ -58,12 +58,12 @@ def _declare() -> ml_collections.ConfigDict:
   m.scale_residual_init = Key(True)  # Residual output projections get init_std / sqrt(2 * layers).
   m.dtype = Key('float32', choices=('float32', 'bfloat16'))  # Compute dtype; params stay float32.
   m.scan_layers = Key(True)      # nn.scan over blocks: compile time independent of depth.
-                             # False: layers in line; faster steps for a few-layer model
-                             # on a CPU (docs/performance.md, section 9).
+                             # False: layers in line, each its own parameters (h_0, h_1, ...).
   m.scan_unroll = Key(1, ge=0)   # Layers per iteration of that loop; 0: all of them, so no
-                             # loop is left but the stacked parameter layout stays (checkpoints
-                             # resume across values). Faster steps on a CPU, longer compiles
-                             # (docs/performance.md, section 9).
+                             # loop is left but the stacked parameters stay (checkpoints
+                             # resume across values). A few-layer model on a CPU steps ~10%
+                             # faster with 0; compiles grow with depth, and on a CPU remat
+                             # saves no memory without the loop (docs/performance.md, 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
   m.attention = Key('auto', choices=('auto', 'xla', 'splash'))  # Causal self-attention in
                              # training and evaluation. xla: softmax attention as XLA ops; splash:
