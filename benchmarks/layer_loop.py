@@ -10,12 +10,14 @@ default), the same stacked layers with the loop unrolled away (`scan_unroll=0`),
 layers as separate modules in line (`scan_layers=False`). It times each compile (no
 persistent compilation cache), then runs them in alternating blocks of --steps steps
 (A B C A B C ...) so drift hits all alike, and prints the median ms per step and XLA's
-temporaries for the step (`memory_analysis`). Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
+temporaries for the step (`memory_analysis`) and how many slices, concatenates, dynamic
+slices and dynamic-update-slices its compiled HLO holds. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
 wide, block 64, batch 12; byte vocabulary), 'nano8' the same 8 layers deep, 'gpt2-124m'
 the gpt2 preset (12 layers) at sequence 256, batch 4.
 """
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -32,6 +34,7 @@ CASES = {
 }
 
 
+HLO_OPS = ('slice', 'concatenate', 'dynamic-slice', 'dynamic-update-slice')
 VARIANTS = {'scan': {}, 'scan_unroll=0': {'model.scan_unroll': 0},
             'in line': {'model.scan_layers': False}}
 
@@ -61,9 +64,9 @@ def main():
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
         f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}; '
         f'remat {a.remat}')
-  print('\n| case | layers | layer loop | compile s | temporaries MB | median ms per step | min ms '
-        '| speed vs scan |')
-  print('|---|---|---|---|---|---|---|---|')
+  print('\n| case | layers | layer loop | compile s | temporaries MB | slices, concatenates, dynamic '
+        'slices, dynamic updates | median ms per step | min ms | speed vs scan |')
+  print('|---|---|---|---|---|---|---|---|---|')
   for case in a.cases.split(','):
     steps = a.steps or CASES[case][2]
     runs = {}
@@ -79,6 +82,8 @@ def main():
         float(m['loss'])
       runs[variant] = {'state': state, 'step': step, 'batches': batches, 'compile_s': compile_s,
                        'temp_mb': step.memory_analysis().temp_size_in_bytes / 1e6,
+                       'ops': ', '.join(str(len(re.findall(rf'= \S+ {op}\(', step.as_text())))
+                                        for op in HLO_OPS),
                        'ms': [], 'layers': setup.cfg.model.num_layers}
     for _ in range(a.rounds):
       for r in runs.values():
@@ -91,6 +96,7 @@ def main():
     for variant, r in runs.items():
       med = statistics.median(r['ms'])
       print(f'| {case} | {r["layers"]} | {variant} | {r["compile_s"]:.1f} | {r["temp_mb"]:,.0f} | '
+            f'{r["ops"]} | '
             f'{med:,.1f} | {min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
     runs.clear()
 
