@@ -112,6 +112,23 @@ def test_another_batch_size_continues_at_the_same_token(tmp_path, capsys):
   assert logged['loss'] == pytest.approx(loss(16), rel=1e-5)
 
 
+def test_a_run_resumes_with_another_scan_unroll(tmp_path, capsys):
+  """model.scan_unroll changes the compiled loop, not the checkpoint: a resumed run that
+  unrolls it logs the uninterrupted scanned run's losses."""
+  straight, split = tmp_path / 'straight', tmp_path / 'split'
+  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0']
+  assert run_cli(capsys, straight, *flags, '--config.train.steps=4')[0] == 0
+  assert run_cli(capsys, split, *flags, '--config.train.steps=2')[0] == 0
+  code, out = run_cli(capsys, split, *flags, '--config.train.steps=4',
+                      '--config.model.scan_unroll=0')
+  assert code == 0, out.err
+  want, got = records(straight), records(split)
+  assert [r['step'] for r in got] == [1, 2, 3, 4]
+  assert want[3]['loss'] != want[2]['loss']  # Steps differ, so equal losses mean the same step.
+  for a, b in zip(want[2:], got[2:]):
+    assert b['loss'] == pytest.approx(a['loss'], rel=1e-5)
+
+
 def test_skipped_steps_keep_the_schedule_on_the_step_counter():
   cfg = tiny_config(**{'optim.warmup_steps': 10, 'optim.clip_norm': 0.0})
   setup = train.build(cfg)
