@@ -82,3 +82,14 @@ def test_adamw_first_moment_dtype():
     return adam[0].mu['wte'].dtype, adam[0].nu['wte'].dtype
   assert moments(tiny_config()) == (np.float32, np.float32)
   assert moments(tiny_config(**{'optim.mu_dtype': 'bfloat16'})) == (jax.numpy.bfloat16, np.float32)
+
+
+def test_remat_without_the_layer_loop_on_a_cpu_says_it_saves_nothing(tmp_path, capsys):
+  """XLA:CPU schedules the recomputation early without a loop (docs/performance.md, 9)."""
+  from trainer import cli
+  note = 'saves no memory on a CPU without the layer loop'
+  for unroll, said in (('0', True), ('1', False)):
+    assert cli.main(['train', '--config=configs/tiny.py', f'--workdir={tmp_path}/{unroll}',
+                     '--config.train.steps=1', '--config.model.remat=dots',
+                     f'--config.model.scan_unroll={unroll}']) == 0
+    assert (note in capsys.readouterr().out) == said

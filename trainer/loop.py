@@ -174,6 +174,11 @@ def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
   if cfg.model.attention == 'splash' and setup.mesh.devices.flat[0].platform != 'tpu':
     _say('note: model.attention=splash off TPU runs the kernel in Pallas\'s interpreter, many '
          'times slower than attention=auto (meant for tests)')
+  m = cfg.model
+  if (m.remat != 'none' and setup.mesh.devices.flat[0].platform == 'cpu'
+      and not (m.scan_layers and (m.scan_unroll or m.num_layers) < m.num_layers)):
+    _say(f'note: model.remat={m.remat} saves no memory on a CPU without the layer loop '
+         '(scan_layers=false or scan_unroll unrolling every layer); it only repeats work here')
   task_evals = evalrun.DuringTraining(cfg, setup, streams.tokenizer)  # Bad files fail here.
   sampler = generate.Generator(setup, 1) if t.sample_every else None
   state, start_step, start_rows = _start(cfg, setup, ckpts)
