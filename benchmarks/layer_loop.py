@@ -9,11 +9,11 @@ for a case: the layers in one nn.scan loop (`model.scan_layers=True`, `scan_unro
 default), the same stacked layers with the loop unrolled away (`scan_unroll=0`), and the
 layers as separate modules in line (`scan_layers=False`). It times each compile (no
 persistent compilation cache), then runs them in alternating blocks of --steps steps
-(A B C A B C ...) so drift hits all alike, and prints the median ms per step and XLA's
+(A B C A B C ...) so drift hits all alike, and prints the median ms per step, XLA's
 temporaries for the step (`memory_analysis`) and how many slices, concatenates, dynamic
-slices and dynamic-update-slices its compiled HLO holds. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128
-wide, block 64, batch 12; byte vocabulary), 'nano8' the same 8 layers deep, 'gpt2-124m'
-the gpt2 preset (12 layers) at sequence 256, batch 4.
+slices and dynamic-update-slices its compiled HLO holds. Cases: 'nano' is nanoGPT's README
+CPU shape (4 layers, 4 heads, 128 wide, block 64, batch 12; byte vocabulary), 'nano8' the
+same 8 layers deep, 'gpt2-124m' the gpt2 preset (12 layers) at sequence 256, batch 4.
 """
 import argparse
 import os
@@ -80,9 +80,10 @@ def main():
       for b in batches[:2]:  # Warm-up: the heap reaches its steady size.
         state, m = step(state, b)
         float(m['loss'])
+      hlo = step.as_text()
       runs[variant] = {'state': state, 'step': step, 'batches': batches, 'compile_s': compile_s,
                        'temp_mb': step.memory_analysis().temp_size_in_bytes / 1e6,
-                       'ops': ', '.join(str(len(re.findall(rf'= \S+ {op}\(', step.as_text())))
+                       'ops': ', '.join(str(len(re.findall(rf'= \S+ {op}\(', hlo)))
                                         for op in HLO_OPS),
                        'ms': [], 'layers': setup.cfg.model.num_layers}
     for _ in range(a.rounds):
@@ -96,8 +97,7 @@ def main():
     for variant, r in runs.items():
       med = statistics.median(r['ms'])
       print(f'| {case} | {r["layers"]} | {variant} | {r["compile_s"]:.1f} | {r["temp_mb"]:,.0f} | '
-            f'{r["ops"]} | '
-            f'{med:,.1f} | {min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
+            f'{r["ops"]} | {med:,.1f} | {min(r["ms"]):,.1f} | {ref / med:.2f}x |', flush=True)
     runs.clear()
 
 

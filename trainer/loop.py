@@ -171,12 +171,11 @@ def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
   t = cfg.train
   _say(f'model: {model.param_count(setup.model_cfg):,} parameters | mesh '
        f'{dict(setup.mesh.shape)} | rules {cfg.mesh.rules} | {jax.device_count()} devices')
-  if cfg.model.attention == 'splash' and setup.mesh.devices.flat[0].platform != 'tpu':
+  platform, m = setup.mesh.devices.flat[0].platform, setup.model_cfg
+  if m.attention == 'splash' and platform != 'tpu':
     _say('note: model.attention=splash off TPU runs the kernel in Pallas\'s interpreter, many '
          'times slower than attention=auto (meant for tests)')
-  m = cfg.model
-  if (m.remat != 'none' and setup.mesh.devices.flat[0].platform == 'cpu'
-      and not (m.scan_layers and (m.scan_unroll or m.num_layers) < m.num_layers)):
+  if m.remat != 'none' and platform == 'cpu' and not m.layers_in_loop:
     _say(f'note: model.remat={m.remat} saves no memory on a CPU without the layer loop '
          '(scan_layers=false or scan_unroll unrolling every layer); it only repeats work here')
   task_evals = evalrun.DuringTraining(cfg, setup, streams.tokenizer)  # Bad files fail here.

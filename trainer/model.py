@@ -58,6 +58,11 @@ class ModelConfig:
     return -(-self.vocab_size // k) * k
 
   @property
+  def layers_in_loop(self) -> bool:
+    """Whether the blocks run in a loop: scanned, and not unrolled into every layer."""
+    return self.scan_layers and (self.scan_unroll or self.num_layers) < self.num_layers
+
+  @property
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
 
@@ -393,15 +398,15 @@ class Decoder(nn.Module):
     x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
 
     block = Block
-    unroll = cfg.scan_unroll or cfg.num_layers
     if cfg.remat != 'none':
       # Inside a loop XLA cannot merge the recomputed forward with the original one; with
       # the layers in line (or the loop fully unrolled) it could, undoing the remat.
-      in_loop = cfg.scan_layers and unroll < cfg.num_layers
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not in_loop)
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat],
+                       prevent_cse=not cfg.layers_in_loop)
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=(0, nn.broadcast), length=cfg.num_layers, unroll=unroll,
+                      in_axes=(0, nn.broadcast), length=cfg.num_layers,
+                      unroll=cfg.scan_unroll or cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
       x_BLE, new_cache = stack(cfg, self.deterministic, name='h')(x_BLE, cache, positions_BL)
     else:
