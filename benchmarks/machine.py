@@ -14,4 +14,6 @@ def cpu_name() -> str:
   name = (f'{info.get("model name", platform.processor())} (family {info.get("cpu family")}, '
           f'model {info.get("model")})')
   ext = [f for f in ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile') if f in flags]
-  return f'{name}, {os.cpu_count()} cpus, vector extensions: {" ".join(ext) or "none"}'
+  usable = len(os.sched_getaffinity(0))  # Fewer than the machine's under taskset.
+  cpus = f'{os.cpu_count()} cpus' if usable == os.cpu_count() else f'{usable} of {os.cpu_count()} cpus'
+  return f'{name}, {cpus}, vector extensions: {" ".join(ext) or "none"}'
