@@ -110,3 +110,23 @@ def test_splash_off_tpu_says_it_runs_in_the_interpreter(tmp_path, capsys):
   assert note in capsys.readouterr().out
   assert cli.main(['train', '--config=configs/tiny.py', f'--workdir={tmp_path}/auto', *flags]) == 0
   assert note not in capsys.readouterr().out
+
+
+def test_cudnn_choice_hands_jax_the_same_causal_attention(monkeypatch):
+  """attention=cudnn asks jax for its cuDNN kernel; with XLA's in its place it trains like xla.
+
+  No GPU here: the kernel's own numerics are jax's and cuDNN's (benchmarks/gpu.sh runs it).
+  """
+  calls, real = [], jax.nn.dot_product_attention
+
+  def stand_in(q, k, v, **kw):
+    calls.append(kw)
+    return real(q, k, v, **{**kw, 'implementation': 'xla'})
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', stand_in)
+  keys = {'model.dtype': 'bfloat16', 'mesh.fsdp': 2}
+  xla = losses(2, **keys, **{'model.attention': 'xla'})
+  assert not calls
+  cudnn = losses(2, **keys, **{'model.attention': 'cudnn'})
+  assert calls and all(c['implementation'] == 'cudnn' and c['is_causal'] for c in calls)
+  assert xla[0] != xla[1]
+  assert cudnn == pytest.approx(xla, rel=1e-3)

@@ -16,6 +16,12 @@ TINY = f'--config={ROOT}/configs/tiny.py'
     (['--config.model.scan_unroll=0', '--config.model.scan_layers=false'],
      'but --config.model.scan_layers=false has none'),
     (['--config.model.scan_unroll=-1'], '--config.model.scan_unroll=-1: must be an integer'),
+    (['--config.model.attention=cudnn'], '--config.model.attention=cudnn needs '
+     '--config.model.dtype=bfloat16'),
+    (['--config.model.attention=cudnn', '--config.model.dtype=bfloat16',
+      '--config.model.attn_dropout=0.1'], 'attention=cudnn has no attention dropout'),
+    (['--config.model.attention=cudnn', '--config.model.dtype=bfloat16'],
+     '--config.model.attention=cudnn needs NVIDIA GPUs; these devices are cpu'),
     (['--config.mesh.data=3'], 'does not divide the 8 devices'),
     (['--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=1'],
      'data x fsdp x tensor = 2 x 2 x 1 = 4, but there are 8 devices'),

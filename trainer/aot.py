@@ -184,7 +184,7 @@ def fit_report(cfg, topology: str) -> dict:
   topo = parse(topology)
   count = topo.devices * cfg.mesh.slices
   try:  # Before libtpu starts, so that a bad mesh costs nothing and prints one line.
-    config_lib.validate(cfg, count)
+    config_lib.validate(cfg, count, 'tpu')
   except ConfigError as e:
     raise ConfigError(f'--topology={topology} has {count} devices: {e}') from None
   devices = topology_devices(topo, cfg.mesh.slices)

@@ -52,7 +52,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 def _load_config(args, overrides):
   import jax
   cfg = config_lib.load(args.config, overrides)
-  config_lib.validate(cfg, jax.device_count())
+  config_lib.validate(cfg, jax.device_count(), jax.devices()[0].platform)
   return cfg
 
 
@@ -62,7 +62,7 @@ def cmd_train(args, overrides) -> int:
   distributed.initialize(distributed.from_args(args))
   import jax
   from trainer import loop
-  config_lib.validate(cfg, jax.device_count())
+  config_lib.validate(cfg, jax.device_count(), jax.devices()[0].platform)
   try:
     loop.run(cfg, args.workdir)
   except loop.TrainingStopped as e:

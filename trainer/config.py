@@ -65,11 +65,14 @@ def _declare() -> ml_collections.ConfigDict:
                              # faster with 0; compiles grow with depth, and on a CPU remat
                              # saves no memory without the loop (docs/performance.md, 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
-  m.attention = Key('auto', choices=('auto', 'xla', 'splash'))  # Causal self-attention in
-                             # training and evaluation. xla: softmax attention as XLA ops; splash:
-                             # the TPU flash kernel (Pallas splash attention; off TPU, Pallas's
-                             # interpreter: slow, for tests); auto: splash on TPU where it applies
-                             # (no attention dropout, length a multiple of 128), else xla.
+  m.attention = Key('auto', choices=('auto', 'xla', 'splash', 'cudnn'))  # Causal self-attention
+                             # in training and evaluation. xla: softmax attention as XLA ops;
+                             # splash: the TPU flash kernel (Pallas splash attention; off TPU,
+                             # Pallas's interpreter: slow, for tests); cudnn: cuDNN's fused
+                             # attention through jax.nn.dot_product_attention (NVIDIA GPUs,
+                             # bfloat16, no attention dropout; not yet measured: benchmarks/gpu.sh);
+                             # auto: splash on TPU where it applies (no attention dropout, length
+                             # a multiple of 128), else xla.
   m.loss_chunk = Key(0, ge=0)    # Cross-entropy over this many positions at a time (all rows),
                              # so the [batch, length, vocab] logits never exist whole (0: off).
 
@@ -300,8 +303,12 @@ def _check_mixture(d):
            'mixture, data.path only names the data_dir of its tfds: sources)')
 
 
-def validate(cfg, num_devices: int) -> tuple[int, int, int]:
-  """Checks every key, then the keys against each other and the device count; returns the mesh."""
+def validate(cfg, num_devices: int, platform: str | None = None) -> tuple[int, int, int]:
+  """Checks every key, then the keys against each other and the device count; returns the mesh.
+
+  ``platform`` (jax's name for the devices the run will use: 'cpu', 'gpu', 'tpu'), when
+  given, is checked against the keys that need one.
+  """
   check_values(cfg)
   m, t = cfg.model, cfg.train
   _require(m.embed_dim % m.num_heads == 0,
@@ -322,6 +329,14 @@ def validate(cfg, num_devices: int) -> tuple[int, int, int]:
     _require(t.seq_len % 128 == 0, f'--config.model.attention=splash needs a length that is a '
              f'multiple of 128 (--config.train.seq_len={t.seq_len}); change it or use '
              'attention=auto')
+  if m.attention == 'cudnn':
+    _require(m.dtype == 'bfloat16', f'--config.model.attention=cudnn needs '
+             f'--config.model.dtype=bfloat16 (cuDNN fuses 16-bit attention; it is {m.dtype}); '
+             'set it or use attention=auto')
+    _require(m.attn_dropout == 0, f'--config.model.attention=cudnn has no attention dropout '
+             f'(--config.model.attn_dropout={m.attn_dropout}); set it to 0 or use attention=auto')
+    _require(platform in (None, 'gpu'), f'--config.model.attention=cudnn needs NVIDIA GPUs; '
+             f'these devices are {platform}; use attention=auto')
   _check_mixture(cfg.data)
   shape = mesh_shape(cfg.mesh, num_devices)
   data, fsdp, tensor = shape

@@ -210,6 +210,9 @@ class Attention(nn.Module):
     dropout = not self.deterministic and cfg.attn_dropout > 0.0
     if not dropout and _use_splash(cfg.attention, q_BLHD.shape[1]):
       o_BLHD = splash_attention(q_BLHD, k_BLHD, v_BLHD, scale)
+    elif cfg.attention == 'cudnn' and not dropout:  # config.validate: NVIDIA GPUs, bfloat16.
+      o_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BLHD, v_BLHD, scale=scale, is_causal=True,
+                                            implementation='cudnn')
     else:  # contract()'s backward for the score and value dots too (section 11 of performance.md).
       o_BLHD = self._attend(q_BLHD, k_BLHD, v_BLHD, scale, dropout)
     o_BLHD = nn.with_logical_constraint(o_BLHD, ('act_batch', 'act_length', 'act_heads', 'act_kv'))
