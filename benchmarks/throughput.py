@@ -1,7 +1,11 @@
 """Training throughput and MFU on this machine: gpt2-124M shape (seq 256) and the tiny model.
 
-    python benchmarks/throughput.py            # all cases, prints a Markdown table
+    python benchmarks/throughput.py            # the CPU cases, prints a Markdown table
     python benchmarks/throughput.py --steps 3 --cases tiny
+    python benchmarks/throughput.py --cases gpt2-1024 --dtypes bfloat16 --set model.attention=cudnn
+
+The `-1024` cases are one GPU's (benchmarks/gpu.sh runs them): gpt2 (124M) and gpt2-xl
+(1.5B) at sequence 1024, their batch and remat set so a step fits an 80 GB H100.
 
 Each case compiles the real sharded train step, runs one warm-up step, then times
 `--steps` steps (median step time). MFU = model FLOPs per token (PaLM convention,
@@ -30,7 +34,15 @@ CASES = {
     'gpt2-124m': (f'{ROOT}/configs/gpt2.py:gpt2', {'train.seq_len': 256, 'train.batch_size': 4}),
     'tiny': (f'{ROOT}/configs/tiny.py', {'train.batch_size': 8}),
     'default': ('', {}),
+    # One GPU, sequence 1024 (issue 13's MFU targets). Batch and remat for an 80 GB H100:
+    # 124M without remat; gpt2-xl's 24 GB of float32 weights and AdamW state leave room
+    # for its activations only with remat=dots.
+    'gpt2-1024': (f'{ROOT}/configs/gpt2.py:gpt2',
+                  {'train.seq_len': 1024, 'train.batch_size': 16, 'model.remat': 'none'}),
+    'gpt2-xl-1024': (f'{ROOT}/configs/gpt2.py:gpt2-xl',
+                     {'train.seq_len': 1024, 'train.batch_size': 8, 'model.remat': 'dots'}),
 }
+CPU_CASES = ('gpt2-124m', 'tiny', 'default')
 
 
 def measure(spec: str, overrides: dict, dtype: str, steps: int) -> dict:
@@ -39,12 +51,13 @@ def measure(spec: str, overrides: dict, dtype: str, steps: int) -> dict:
   config.set_value(cfg, 'model.dropout', 0.0)
   config.set_value(cfg, 'model.embed_dropout', 0.0)
   config.set_value(cfg, 'model.attn_dropout', 0.0)
-  config.validate(cfg, jax.device_count())
+  config.validate(cfg, jax.device_count(), jax.devices()[0].platform)
   setup = train.build(cfg)
   state = setup.init_state(cfg.seed)
   step = setup.compile_train_step()
   t = cfg.train
-  tokens = np.random.RandomState(0).randint(0, 256, (t.batch_size, t.seq_len + 1)).astype(np.int32)
+  tokens = np.random.RandomState(0).randint(0, cfg.model.vocab_size,
+                                            (t.batch_size, t.seq_len + 1)).astype(np.int32)
   batch = data.to_global(tokens, setup.batch_sharding)
   state, m = step(state, batch)
   jax.block_until_ready(m)
@@ -66,16 +79,20 @@ def measure(spec: str, overrides: dict, dtype: str, steps: int) -> dict:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--cases', nargs='*', default=list(CASES))
+  parser.add_argument('--cases', nargs='*', default=list(CPU_CASES), choices=list(CASES))
   parser.add_argument('--dtypes', nargs='*', default=['float32', 'bfloat16'])
+  parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                      help='config overrides for every case, e.g. model.attention=cudnn')
   args = parser.parse_args()
-  print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}, cpus: {os.cpu_count()}')
+  extra = dict(kv.split('=', 1) for kv in args.set)
+  print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}, cpus: {os.cpu_count()}; '
+        f'jax {jax.__version__}; overrides: {" ".join(args.set) or "none"}')
   print('| case | dtype | tokens/s | step time (s) | MFU | peak GFLOP/s |')
   print('|---|---|---|---|---|---|')
   for case in args.cases:
     spec, overrides = CASES[case]
     for dtype in args.dtypes:
-      r = measure(spec, overrides, dtype, args.steps)
+      r = measure(spec, {**overrides, **extra}, dtype, args.steps)
       print(f"| {case} | {dtype} | {r['tokens_per_sec']:,.0f} | {r['step_time_s']:.3f} | "
             f"{100 * r['mfu']:.1f}% | {r['peak_gflops']:,.0f} |", flush=True)
 
