@@ -130,6 +130,30 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, capsys):
     assert f.read()
 
 
+def test_lost_storage_on_a_metrics_write_names_where_the_run_resumes(tmp_path, capsys, monkeypatch):
+  """Not only a checkpoint save: any write that meets failed storage names the last commit."""
+  from trainer import metrics, storage
+  workdir, real = str(tmp_path), metrics.Writer.write
+
+  def write(self, record):
+    if record['step'] >= 7:  # Once step 5's checkpoint has committed, storage "goes".
+      while not (tmp_path / 'checkpoints/5/commit_success.txt').exists():
+        time.sleep(0.05)
+      raise storage.StorageError(f'{self.path}: cannot write (storage gone)')
+    real(self, record)
+  monkeypatch.setattr(metrics.Writer, 'write', write)
+  flags = ('train', '--config=configs/tiny.py', f'--workdir={workdir}', '--config.checkpoint.every=5')
+  code, out = run_cli(capsys, *flags, '--config.train.steps=20')
+  assert code == 1 and out.err.count('\n') == 1, out.err
+  assert out.err == (f'error: {workdir}/metrics.jsonl: cannot write (storage gone); last committed '
+                     f'checkpoint: {workdir}/checkpoints/5; the run resumes from it once the '
+                     'storage is back\n')
+  monkeypatch.undo()  # The storage is back.
+  code, out = run_cli(capsys, *flags, '--config.train.steps=8')
+  assert code == 0 and f'resuming from step 5: {workdir}/checkpoints/5' in out.out
+  assert metrics_steps(workdir)[-1] == 8
+
+
 def test_skip_non_finite_keeps_the_weights(tmp_path, capsys):
   workdir = str(tmp_path)
   code, out = run_cli(capsys, 'train', '--config=configs/tiny.py', f'--workdir={workdir}',

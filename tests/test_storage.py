@@ -229,15 +229,16 @@ def test_storage_lost_during_save_then_back(tmp_path):
     assert proc.returncode == 1, err[-3000:]
     assert 'Traceback' not in err
     last = err.strip().splitlines()[-1]
-    # The first write to meet the dead bucket fails the run: the checkpoint save, which names
-    # the last committed step, or (seen under load) the metrics line just before it.
+    # The first write to meet the dead bucket fails the run: the checkpoint save or (seen
+    # under load) the metrics line just before it. Either way the line names the last
+    # committed checkpoint, where the run resumes.
     assert last.startswith(('error: gs://bkt/lost/checkpoints: saving step ',
                             'error: gs://bkt/lost/metrics.jsonl: cannot write (')), last
     gcs.start()  # Same port, same data directory: the bucket is back.
     good = committed(gcs, 'lost')[-1]
-    if 'last committed checkpoint' in last:
-      said = last.split('last committed checkpoint: gs://bkt/lost/checkpoints/')[1]
-      assert int(said.split(';')[0]) == good
+    said = last.split('; last committed checkpoint: gs://bkt/lost/checkpoints/')[1]
+    assert int(said.split(';')[0]) == good
+    assert last.endswith('; the run resumes from it once the storage is back')
     run = cli(gcs, 'train', *TINY, f'--config.train.steps={good + 1}',
               '--config.checkpoint.every=5', '--workdir=gs://bkt/lost')
     assert run.returncode == 0, run.stderr[-3000:]

@@ -56,6 +56,10 @@ def architecture_mismatch(saved_model: dict, model_cfg) -> tuple | None:
   return None
 
 
+class SaveFailed(storage.StorageError):
+  """A checkpoint save met failed storage; the message names the last committed checkpoint."""
+
+
 class Checkpoints:
   """The checkpoints of one workdir."""
 
@@ -179,11 +183,14 @@ class Checkpoints:
     try:
       yield
     except Exception as e:  # Orbax and tensorstore raise many types from their threads.
-      good = self.manager.latest_step()
-      last = 'none' if good is None else self.path(good)
-      raise storage.StorageError(f'{self.directory}: {what} failed ({storage.first_line(e)}); '
-                                 f'last committed checkpoint: {last}; the run resumes from it '
-                                 'once the storage is back') from None
+      raise SaveFailed(f'{self.directory}: {what} failed ({storage.first_line(e)}); '
+                       f'{self.resume_note()}') from None
+
+  def resume_note(self) -> str:
+    """Where a run stopped by lost storage resumes: the newest checkpoint committed."""
+    good = self.manager.latest_step()  # Orbax's own list of committed steps: no storage read.
+    last = 'none' if good is None else self.path(good)
+    return f'last committed checkpoint: {last}; the run resumes from it once the storage is back'
 
   def close(self):
     self.manager.close()

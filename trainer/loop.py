@@ -156,9 +156,12 @@ def run(cfg, workdir: str) -> dict:
   try:
     with checkpoint.Preemption().installed() as preemption:
       return _run(cfg, workdir, ckpts, preemption, goodput, streams)
-  except storage.StorageError:
+  except checkpoint.SaveFailed:
     storage_lost = True  # Waiting for the started saves could then take many minutes.
     raise
+  except storage.StorageError as e:  # Another write (metrics, samples) met it first.
+    storage_lost = True
+    raise storage.StorageError(f'{e}; {ckpts.resume_note()}') from None
   finally:
     if not storage_lost:
       ckpts.wait()  # Exit only once every started save has committed.
