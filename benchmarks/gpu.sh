@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu.sh              # on a machine with one NVIDIA GPU and jax with CUDA
 #   bash benchmarks/gpu.sh --smoke      # anywhere: the tiny model on the CPU (checks the script)
+#   PYTHON=.venv/bin/python bash benchmarks/gpu.sh   # another interpreter than python3
 #
 # Issue 13's targets: at least 45% MFU for 124M and 55% for gpt2-xl (llm.c reaches ~48% on
 # gpt2-xl). MFU is model FLOPs per token (PaLM's count, trainer/model.py) x tokens/s over the
@@ -17,6 +18,7 @@
 # Python packages the trainer imports and the machine lacks stop the script at once, named.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}  # The interpreter with jax (and CUDA) installed.
 steps=10
 cases=(gpt2-1024 gpt2-xl-1024)
 attention=(xla cudnn)
@@ -28,7 +30,7 @@ else
   nvidia-smi -L || echo "nvidia-smi: not found"
 fi
 date -u '+%Y-%m-%d %H:%M UTC'
-python - <<'EOF' || exit 2
+"$PYTHON" - <<'EOF' || exit 2
 import importlib, sys
 sys.path.insert(0, '.')
 for module in ('trainer.train', 'trainer.data', 'trainer.metrics'):
@@ -41,7 +43,7 @@ EOF
 failed=0
 for a in "${attention[@]}"; do
   echo "model.attention=$a"
-  if ! python benchmarks/throughput.py --steps "$steps" --dtypes bfloat16 --cases "${cases[@]}" \
+  if ! "$PYTHON" benchmarks/throughput.py --steps "$steps" --dtypes bfloat16 --cases "${cases[@]}" \
       --set "model.attention=$a"; then
     echo "model.attention=$a: failed (above)"
     failed=1

@@ -9,7 +9,7 @@ from conftest import ROOT
 
 def test_gpu_script_runs_its_smoke_case_and_reports_mfu():
   """benchmarks/gpu.sh --smoke: the tiny model on the CPU, through the same throughput.py."""
-  env = {**os.environ, 'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
+  env = {**os.environ, 'PYTHON': sys.executable}
   out = subprocess.run(['bash', 'benchmarks/gpu.sh', '--smoke'], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
