@@ -86,6 +86,7 @@ class Checkpoints:
     except (OSError, ValueError) as e:
       raise CheckpointError(f'{self.directory}: cannot open checkpoints ({e})') from None
     self.last_saved = self.manager.latest_step()
+    self.committed = self.last_saved  # The newest step known to be committed.
 
   def path(self, step: int) -> str:
     return storage.join(self.directory, str(step))
@@ -166,7 +167,8 @@ class Checkpoints:
     t = self.cfg.train
     position = {'rows': rows, 'seq_len': t.seq_len, 'seed': self.cfg.seed,
                 'tokens': rows * t.seq_len, 'order': ROW_ORDER}
-    with self._storage_errors(f'saving step {step}'):  # Also reports the previous async save.
+    self.wait()  # The previous async save; orbax's save would wait for it anyway.
+    with self._storage_errors(f'saving step {step}'):
       self.manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position),
           config=ocp.args.JsonSave(self.cfg.to_dict())))
@@ -176,6 +178,7 @@ class Checkpoints:
     """Blocks until every started save has committed."""
     with self._storage_errors(f'saving step {self.last_saved}'):
       self.manager.wait_until_finished()
+    self.committed = self.last_saved
 
   @contextlib.contextmanager
   def _storage_errors(self, what: str):
@@ -184,12 +187,21 @@ class Checkpoints:
       yield
     except Exception as e:  # Orbax and tensorstore raise many types from their threads.
       raise SaveFailed(f'{self.directory}: {what} failed ({storage.first_line(e)}); '
-                       f'{self.resume_note()}') from None
+                       f'{self._resumes_from(self.committed)}') from None
 
   def resume_note(self) -> str:
-    """Where a run stopped by lost storage resumes: the newest checkpoint committed."""
-    good = self.manager.latest_step()  # Orbax's own list of committed steps: no storage read.
-    last = 'none' if good is None else self.path(good)
+    """Where a run stopped by lost storage elsewhere (not in a save) resumes."""
+    good = self.committed
+    if self.last_saved != good and not self.manager.is_saving_in_progress():
+      try:  # The last save has ended since: this returns at once, or raises if it failed.
+        self.manager.wait_until_finished()
+        good = self.last_saved
+      except Exception:  # noqa: BLE001 (orbax and tensorstore raise many types)
+        pass
+    return self._resumes_from(good)
+
+  def _resumes_from(self, step: int | None) -> str:
+    last = 'none' if step is None else self.path(step)
     return f'last committed checkpoint: {last}; the run resumes from it once the storage is back'
 
   def close(self):
