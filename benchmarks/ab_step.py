@@ -10,9 +10,10 @@ CPU device, trainer/hostmalloc.py's settings as the `trainer` command applies th
 compile it and warm it up. The parent then has them run blocks of --steps steps in turn
 (A B A B ...), one child at a time, so drift hits both alike, and prints each tree's
 median wall ms per step, the speed ratio, the CPU time per step (user and system, all
-threads: less hit by a busy neighbour than wall time), XLA's temporaries, and the losses of the two warm-up
-steps (the same math gives the same losses). Cases are benchmarks/host_malloc.py's: 'nano' is nanoGPT's README
-CPU shape, 'gpt2-124m' the gpt2 preset at sequence 256, batch 4.
+threads: less hit by a busy neighbour than wall time), XLA's temporaries, and the losses of
+the two warm-up steps (the same math gives the same losses). Cases, steps per block and the
+step's set-up are benchmarks/layer_loop.py's: 'nano' is nanoGPT's README CPU shape, 'nano8'
+the same 8 layers deep, 'gpt2-124m' the gpt2 preset at sequence 256, batch 4.
 """
 import argparse
 import json
@@ -25,8 +26,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT
-from benchmarks import host_malloc  # noqa: E402
+from benchmarks import layer_loop  # noqa: E402
 from benchmarks.machine import cpu_name  # noqa: E402
+
 
 def child(tree: str, case: str, steps: int, sets: list):
   """Runs in a fresh process with `tree`'s trainer; answers 'run' lines with one block's ms."""
@@ -34,19 +36,9 @@ def child(tree: str, case: str, steps: int, sets: list):
   sys.modules.pop('trainer', None)
   from trainer import hostmalloc
   hostmalloc.apply()
-  import numpy as np
-  from trainer import data
   extra = dict(kv.split('=', 1) for kv in sets)  # Strings: the config parses them by type.
-  setup = host_malloc.build(*host_malloc.CASES[case][:2], **extra)
-  state = setup.init_state(0)
-  start = time.perf_counter()
-  step = setup.compile_train_step()
-  compile_s = time.perf_counter() - start
-  t = setup.cfg.train
-  rng = np.random.default_rng(0)
-  batches = [data.to_global(rng.integers(0, setup.cfg.model.vocab_size,
-                                         (t.batch_size, t.seq_len + 1)).astype(np.int32),
-                            setup.batch_sharding) for _ in range(4)]
+  setup, state, step, compile_s = layer_loop.build(case, extra)
+  batches = layer_loop.random_batches(setup)
   losses = []
   for b in batches[:2]:  # Warm-up: the heap reaches its steady size.
     state, m = step(state, b)
@@ -69,7 +61,7 @@ def main():
   p.add_argument('--base', default='HEAD', help='the commit to compare this checkout with')
   p.add_argument('--cases', default='nano,gpt2-124m')
   p.add_argument('--rounds', type=int, default=8)
-  p.add_argument('--steps', type=int, default=0, help="steps per timed block (0: 25 nano, 1 gpt2)")
+  p.add_argument('--steps', type=int, default=0, help="steps per timed block (0: the case's)")
   p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                  help='config overrides for both trees, e.g. model.scan_unroll=0')
   p.add_argument('--child', nargs=2, metavar=('TREE', 'CASE'), help=argparse.SUPPRESS)
@@ -93,7 +85,7 @@ def main():
   print('|---|---|---|---|---|---|---|---|---|')
   try:
     for case in a.cases.split(','):
-      steps = a.steps or {'nano': 25}.get(case, 1)
+      steps = a.steps or layer_loop.CASES[case][2]
       kids = {}
       for name, root in ((base, tree), (head, ROOT)):
         proc = subprocess.Popen(

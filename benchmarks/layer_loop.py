@@ -40,12 +40,22 @@ VARIANTS = {'scan': {}, 'scan_unroll=0': {'model.scan_unroll': 0},
 
 
 def build(case: str, layers: dict, remat: str = 'none'):
-  """(setup, initial state, compiled step, compile seconds) with the layer-loop keys `layers`."""
-  setup = host_malloc.build(*CASES[case][:2], **layers, **{'model.remat': remat})
+  """(setup, initial state, compiled step, compile seconds) with the extra keys `layers`."""
+  setup = host_malloc.build(*CASES[case][:2], **{'model.remat': remat, **layers})
   state = setup.init_state(0)
   start = time.perf_counter()
   step = setup.compile_train_step()
   return setup, state, step, time.perf_counter() - start
+
+
+def random_batches(setup, count: int = 4) -> list:
+  """`count` seeded batches of random tokens, placed as the train step takes them."""
+  import numpy as np
+  from trainer import data
+  t, rng = setup.cfg.train, np.random.default_rng(0)
+  return [data.to_global(rng.integers(0, setup.cfg.model.vocab_size,
+                                      (t.batch_size, t.seq_len + 1)).astype(np.int32),
+                         setup.batch_sharding) for _ in range(count)]
 
 
 def main():
@@ -59,8 +69,6 @@ def main():
   from trainer import hostmalloc
   decision = hostmalloc.apply()
   import jax
-  import numpy as np
-  from trainer import data
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
         f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}; '
         f'remat {a.remat}')
@@ -72,11 +80,7 @@ def main():
     runs = {}
     for variant, layers in VARIANTS.items():
       setup, state, step, compile_s = build(case, layers, a.remat)
-      t = setup.cfg.train
-      rng = np.random.default_rng(0)
-      batches = [data.to_global(rng.integers(0, setup.cfg.model.vocab_size,
-                                             (t.batch_size, t.seq_len + 1)).astype(np.int32),
-                                setup.batch_sharding) for _ in range(4)]
+      batches = random_batches(setup)
       for b in batches[:2]:  # Warm-up: the heap reaches its steady size.
         state, m = step(state, b)
         float(m['loss'])
