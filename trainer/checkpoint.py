@@ -191,14 +191,12 @@ class Checkpoints:
 
   def resume_note(self) -> str:
     """Where a run stopped by lost storage elsewhere (not in a save) resumes."""
-    good = self.committed
-    if self.last_saved != good and not self.manager.is_saving_in_progress():
-      try:  # The last save has ended since: this returns at once, or raises if it failed.
-        self.manager.wait_until_finished()
-        good = self.last_saved
-      except Exception:  # noqa: BLE001 (orbax and tensorstore raise many types)
+    if not self.manager.is_saving_in_progress():
+      try:  # The last save has ended: this returns at once, or raises if it failed.
+        self.wait()
+      except SaveFailed:
         pass
-    return self._resumes_from(good)
+    return self._resumes_from(self.committed)
 
   def _resumes_from(self, step: int | None) -> str:
     last = 'none' if step is None else self.path(step)
