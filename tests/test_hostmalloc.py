@@ -70,13 +70,25 @@ def test_freed_memory_stays_for_reuse_only_when_tuned():
 def test_the_command_applies_it_before_main(monkeypatch):
   calls = []
   monkeypatch.setattr(hostmalloc, 'apply', lambda: calls.append('apply') or 'tuned')
-  monkeypatch.setattr(cli, 'main', lambda: calls.append('main') or 0)
-  assert cli.entry() == 0 and calls == ['apply', 'main']
+  monkeypatch.setattr(cli, '_run', lambda argv: calls.append('run') or (0, False))
+  assert cli.entry() == 0 and calls == ['apply', 'run']
+
+
+def test_lost_storage_exits_without_joining_writer_threads(monkeypatch):
+  # CI once lost a pytest worker here: a flag left set by an earlier in-process storage
+  # failure made a later entry() call os._exit. The decision now belongs to one call only.
+  exits = []
+  monkeypatch.setattr(hostmalloc, 'apply', lambda: 'tuned')
+  monkeypatch.setattr(cli.os, '_exit', exits.append)
+  monkeypatch.setattr(cli, '_run', lambda argv: (1, True))
+  assert cli.entry() == 1 and exits == [1]
+  monkeypatch.setattr(cli, '_run', lambda argv: (0, False))
+  assert cli.entry() == 0 and exits == [1]
 
 
 def test_a_bad_setting_is_one_line_and_exit_2(monkeypatch, capsys):
   monkeypatch.setenv('TRAINER_MALLOC', 'fast')
-  monkeypatch.setattr(cli, 'main', lambda: pytest.fail('main ran despite the bad setting'))
+  monkeypatch.setattr(cli, '_run', lambda argv: pytest.fail('the verb ran despite the bad setting'))
   assert cli.entry() == 2
   err = capsys.readouterr().err
   assert err == "error: TRAINER_MALLOC='fast': use default (glibc's own) or tuned, or leave it unset\n"

@@ -306,37 +306,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  global _abandon_threads
+  """Runs one verb; returns the exit code (2 for the user's mistakes, 1 when storage failed)."""
+  return _run(argv)[0]
+
+
+def _run(argv: list[str] | None) -> tuple[int, bool]:
+  """(exit code, whether writer threads must be abandoned at exit)."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    return args.run(args, overrides)
+    return args.run(args, overrides), False
   except config_lib.ConfigError as e:
     # One line whatever the user typed: control characters in a value print as escapes.
     message = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
     print(f'error: {message}', file=sys.stderr)
-    return 2
+    return 2, False
   except storage.StorageError as e:  # Storage failed mid-run; what was committed is kept.
     print(f'error: {e}', file=sys.stderr)
-    _abandon_threads = True
-    return 1
-
-
-# Set when storage failed mid-run: orbax's and tensorstore's writer threads may then retry the
-# lost storage for many minutes, and the interpreter joins them before it exits.
-_abandon_threads = False
+    # orbax's and tensorstore's writer threads may retry the lost storage for many minutes,
+    # and the interpreter joins them before it exits: the command exits without them.
+    return 1, True
 
 
 def entry() -> int:
-  """The ``trainer`` command: main(), then an exit that does not wait for abandoned writes."""
+  """The ``trainer`` command: _run(), then an exit that does not wait for abandoned writes."""
   try:
     hostmalloc.apply()  # Before JAX starts its threads: CPU steps reuse their memory.
   except ValueError as e:  # A bad TRAINER_MALLOC: nothing has started yet.
     print(f'error: {e}', file=sys.stderr)
     return 2
-  code = main()
-  if _abandon_threads:  # What was committed is durable; the failed save is abandoned.
+  code, abandon_threads = _run(None)
+  if abandon_threads:  # What was committed is durable; the failed save is abandoned.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
