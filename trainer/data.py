@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import sysconfig
 
@@ -35,8 +36,12 @@ from trainer.tokenizer import ByteTokenizer  # noqa: F401  (kept importable from
 def stdlib_files() -> list[pathlib.Path]:
   """The .py files of the running interpreter's standard library, in a fixed order."""
   root = pathlib.Path(sysconfig.get_paths()['stdlib'])
-  skip = ('site-packages', 'dist-packages', '__pycache__')
-  return sorted(p for p in root.rglob('*.py') if not any(s in p.parts for s in skip))
+  skip = {'site-packages', 'dist-packages', '__pycache__'}
+  files = []
+  for folder, subfolders, names in os.walk(root):
+    subfolders[:] = [d for d in subfolders if d not in skip]  # Never walks installed packages.
+    files.extend(pathlib.Path(folder, n) for n in names if n.endswith('.py'))
+  return sorted(files)
 
 
 def stdlib_corpus(max_bytes: int, val_every_nth_file: int, tokenizer=ByteTokenizer()):
