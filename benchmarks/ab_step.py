@@ -6,8 +6,8 @@
 A git worktree of --base is made in a temporary directory. Two child processes, one per
 tree (the base and this checkout, with its uncommitted changes), each build our real
 train step for a case (float32 unless --set says otherwise, dropout off, remat none, one
-CPU device, trainer/hostmalloc.py's settings as the `trainer` command applies them),
-compile it and warm it up. The parent then has them run blocks of --steps steps in turn
+CPU device, trainer/hostmalloc.py's and trainer/cpuflags.py's settings as that tree's
+`trainer` command applies them), compile it and warm it up. The parent then has them run blocks of --steps steps in turn
 (A B A B ...), one child at a time, so drift hits both alike, and prints each tree's
 median wall ms per step, the speed ratio, the CPU time per step (user and system, all
 threads: less hit by a busy neighbour than wall time), XLA's temporaries, and the losses of
@@ -36,6 +36,11 @@ def child(tree: str, case: str, steps: int, sets: list):
   sys.modules.pop('trainer', None)
   from trainer import hostmalloc
   hostmalloc.apply()
+  try:  # A tree from before trainer/cpuflags.py runs without it, as its `trainer` did.
+    from trainer import cpuflags
+    cpuflags.apply()
+  except ImportError:
+    pass
   extra = dict(kv.split('=', 1) for kv in sets)  # Strings: the config parses them by type.
   setup, state, step, compile_s = layer_loop.build(case, extra)
   batches = layer_loop.random_batches(setup)

@@ -44,8 +44,9 @@ def build(spec: str, overrides: dict, **extra):
 
 def child(case: str, steps: int):
   """Runs in the fresh process: applies the settings as `trainer` does, times the steps."""
-  from trainer import hostmalloc
+  from trainer import cpuflags, hostmalloc
   decision = hostmalloc.apply()
+  cpuflags.apply()
   import numpy as np
   from trainer import data
   setup = build(*CASES[case][:2])

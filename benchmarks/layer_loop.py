@@ -3,10 +3,10 @@
     python benchmarks/layer_loop.py                          # nano, nano8, then gpt2-124M
     python benchmarks/layer_loop.py --cases nano --rounds 10
 
-One process, with trainer/hostmalloc.py's settings as the `trainer` command applies them,
-builds our real train step (float32, dropout off, remat --remat, one CPU device) three ways
-for a case: the layers in one nn.scan loop (`model.scan_layers=True`, `scan_unroll=1`, the
-default), the same stacked layers with the loop unrolled away (`scan_unroll=0`), and the
+One process, with trainer/hostmalloc.py's and trainer/cpuflags.py's settings as the
+`trainer` command applies them, builds our real train step (float32, dropout off, remat
+--remat, one CPU device) three ways for a case: the layers in one nn.scan loop
+(`model.scan_layers=True`, `scan_unroll=1`, the default), the same stacked layers with the loop unrolled away (`scan_unroll=0`), and the
 layers as separate modules in line (`scan_layers=False`). It times each compile (no
 persistent compilation cache), then runs them in alternating blocks of --steps steps
 (A B C A B C ...) so drift hits all alike, and prints the median ms per step, XLA's
@@ -66,11 +66,12 @@ def main():
   p.add_argument('--remat', default='none', choices=('none', 'dots', 'full'))
   a = p.parse_args()
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  from trainer import hostmalloc
+  from trainer import cpuflags, hostmalloc
   decision = hostmalloc.apply()
+  flags = cpuflags.apply()
   import jax
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
-        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; jax {jax.__version__}; '
+        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; XLA:CPU flags {flags}; jax {jax.__version__}; '
         f'remat {a.remat}')
   print('\n| case | layers | layer loop | compile s | temporaries MB | slices, concatenates, dynamic '
         'slices, dynamic updates | median ms per step | min ms | speed vs scan |')

@@ -15,9 +15,10 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
-from trainer import hostmalloc  # noqa: E402
+from trainer import cpuflags, hostmalloc  # noqa: E402
 
 hostmalloc.apply()  # As the `trainer` command does: the in-process tests' steps run faster.
+cpuflags.apply()    # As the `trainer` command does: tests compile what users run.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,7 +11,7 @@ import os
 import sys
 
 from trainer import config as config_lib
-from trainer import distributed, hostmalloc, storage
+from trainer import cpuflags, distributed, hostmalloc, storage
 from trainer.spec import PATH, Key, add_flag
 
 _OVERRIDE = '--config.'
@@ -333,7 +333,8 @@ def entry() -> int:
   """The ``trainer`` command: _run(), then an exit that does not wait for abandoned writes."""
   try:
     hostmalloc.apply()  # Before JAX starts its threads: CPU steps reuse their memory.
-  except ValueError as e:  # A bad TRAINER_MALLOC: nothing has started yet.
+    cpuflags.apply()  # Before JAX starts its CPU backend, which reads XLA_FLAGS once.
+  except ValueError as e:  # A bad TRAINER_MALLOC or TRAINER_XLA_CPU: nothing has started yet.
     print(f'error: {e}', file=sys.stderr)
     return 2
   code, abandon_threads = _run(None)

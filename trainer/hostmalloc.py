@@ -34,7 +34,7 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 ENV = 'TRAINER_MALLOC'
 
 
-def _accelerator_host(environ) -> bool:
+def accelerator_host(environ) -> bool:
   if environ.get('JAX_PLATFORMS', '').strip().lower() == 'cpu':
     return False
   return bool(distributed.tpu_chips() or glob.glob('/dev/nvidia[0-9]*'))  # NVIDIA: /dev/nvidiaN.
@@ -56,7 +56,7 @@ def decide(environ=os.environ) -> str:
     return 'tuned'
   if 'GLIBC_TUNABLES' in environ or any(k.startswith('MALLOC_') for k in environ):
     return 'user settings'
-  return 'accelerator host' if _accelerator_host(environ) else 'tuned'
+  return 'accelerator host' if accelerator_host(environ) else 'tuned'
 
 
 def apply() -> str:
