@@ -4,16 +4,17 @@
     python benchmarks/ab_step.py --base 3813cae --cases nano --set model.scan_unroll=0
 
 A git worktree of --base is made in a temporary directory. Two child processes, one per
-tree (the base and this checkout, with its uncommitted changes), each build our real
-train step for a case (float32 unless --set says otherwise, dropout off, remat none, one
-CPU device, trainer/hostmalloc.py's and trainer/cpuflags.py's settings as that tree's
-`trainer` command applies them), compile it and warm it up. The parent then has them run blocks of --steps steps in turn
-(A B A B ...), one child at a time, so drift hits both alike, and prints each tree's
-median wall ms per step, the speed ratio, the CPU time per step (user and system, all
-threads: less hit by a busy neighbour than wall time), XLA's temporaries, and the losses of
-the two warm-up steps (the same math gives the same losses). Cases, steps per block and the
-step's set-up are benchmarks/layer_loop.py's: 'nano' is nanoGPT's README CPU shape, 'nano8'
-the same 8 layers deep, 'gpt2-124m' the gpt2 preset at sequence 256, batch 4.
+tree (the base and this checkout, with its uncommitted changes), each build our real train
+step for a case (float32 unless --set says otherwise, dropout off, remat none, one CPU
+device, trainer/hostmalloc.py's and trainer/cpuflags.py's settings as that tree's
+`trainer` command applies them), compile it and warm it up. The parent then has them run
+blocks of --steps steps in turn (A B A B ...), one child at a time, so drift hits both
+alike, and prints each tree's median wall ms per step, the speed ratio, the CPU time per
+step (user and system, all threads: less hit by a busy neighbour than wall time), XLA's
+temporaries, and the losses of the two warm-up steps (the same math gives the same
+losses). Cases, steps per block and the step's set-up are benchmarks/layer_loop.py's:
+'nano' is nanoGPT's README CPU shape, 'nano8' the same 8 layers deep, 'gpt2-124m' the gpt2
+preset at sequence 256, batch 4.
 """
 import argparse
 import json

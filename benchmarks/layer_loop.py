@@ -6,14 +6,15 @@
 One process, with trainer/hostmalloc.py's and trainer/cpuflags.py's settings as the
 `trainer` command applies them, builds our real train step (float32, dropout off, remat
 --remat, one CPU device) three ways for a case: the layers in one nn.scan loop
-(`model.scan_layers=True`, `scan_unroll=1`, the default), the same stacked layers with the loop unrolled away (`scan_unroll=0`), and the
-layers as separate modules in line (`scan_layers=False`). It times each compile (no
-persistent compilation cache), then runs them in alternating blocks of --steps steps
-(A B C A B C ...) so drift hits all alike, and prints the median ms per step, XLA's
-temporaries for the step (`memory_analysis`) and how many slices, concatenates, dynamic
-slices and dynamic-update-slices its compiled HLO holds. Cases: 'nano' is nanoGPT's README
-CPU shape (4 layers, 4 heads, 128 wide, block 64, batch 12; byte vocabulary), 'nano8' the
-same 8 layers deep, 'gpt2-124m' the gpt2 preset (12 layers) at sequence 256, batch 4.
+(`model.scan_layers=True`, `scan_unroll=1`, the default), the same stacked layers with the
+loop unrolled away (`scan_unroll=0`), and the layers as separate modules in line
+(`scan_layers=False`). It times each compile (no persistent compilation cache), then runs
+them in alternating blocks of --steps steps (A B C A B C ...) so drift hits all alike, and
+prints the median ms per step, XLA's temporaries for the step (`memory_analysis`) and how
+many slices, concatenates, dynamic slices and dynamic-update-slices its compiled HLO
+holds. Cases: 'nano' is nanoGPT's README CPU shape (4 layers, 4 heads, 128 wide, block 64,
+batch 12; byte vocabulary), 'nano8' the same 8 layers deep, 'gpt2-124m' the gpt2 preset
+(12 layers) at sequence 256, batch 4.
 """
 import argparse
 import os
@@ -71,7 +72,8 @@ def main():
   flags = cpuflags.apply()
   import jax
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
-        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; XLA:CPU flags {flags}; jax {jax.__version__}; '
+        f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; XLA:CPU flags {flags}; '
+        f'jax {jax.__version__}; '
         f'remat {a.remat}')
   print('\n| case | layers | layer loop | compile s | temporaries MB | slices, concatenates, dynamic '
         'slices, dynamic updates | median ms per step | min ms | speed vs scan |')

@@ -1,4 +1,4 @@
-"""trainer/cpuflags.py: when the XLA:CPU flag is set, and that it changes the program, not the math."""
+"""trainer/cpuflags.py: when the XLA:CPU flag is set; that it changes the program, not the math."""
 import json
 import os
 import re
