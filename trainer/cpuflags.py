@@ -43,9 +43,7 @@ def decide(environ=os.environ) -> str:
 
   Raises ValueError for a TRAINER_XLA_CPU value other than 'default' or 'tuned'.
   """
-  choice = environ.get(ENV, 'auto')
-  if choice not in ('auto', 'default', 'tuned'):
-    raise ValueError(f'{ENV}={choice!r}: use default (XLA\'s own) or tuned, or leave it unset')
+  choice = hostmalloc.setting(environ, ENV, "XLA's")
   if choice == 'default':
     return 'off'
   if any(f.split('=', 1)[0] == FLAG for f in environ.get('XLA_FLAGS', '').split()):

@@ -40,14 +40,23 @@ def accelerator_host(environ) -> bool:
   return bool(distributed.tpu_chips() or glob.glob('/dev/nvidia[0-9]*'))  # NVIDIA: /dev/nvidiaN.
 
 
+def setting(environ, name: str, whose: str) -> str:
+  """The variable `name`: 'auto' when unset, else 'default' (`whose` own settings) or 'tuned'.
+
+  Raises ValueError, one line naming the variable and the fix, for any other value.
+  """
+  value = environ.get(name, 'auto')
+  if value not in ('auto', 'default', 'tuned'):
+    raise ValueError(f'{name}={value!r}: use default ({whose} own) or tuned, or leave it unset')
+  return value
+
+
 def decide(environ=os.environ) -> str:
   """'tuned' or why not: 'off', 'user settings', 'not glibc', 'accelerator host'.
 
   Raises ValueError for a TRAINER_MALLOC value other than 'default' or 'tuned'.
   """
-  choice = environ.get(ENV, 'auto')
-  if choice not in ('auto', 'default', 'tuned'):
-    raise ValueError(f'{ENV}={choice!r}: use default (glibc\'s own) or tuned, or leave it unset')
+  choice = setting(environ, ENV, "glibc's")
   if choice == 'default':
     return 'off'
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
