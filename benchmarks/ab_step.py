@@ -39,7 +39,7 @@ def child(tree: str, case: str, steps: int, sets: list):
   hostmalloc.apply()
   try:  # A tree from before trainer/cpuflags.py runs without it, as its `trainer` did.
     from trainer import cpuflags
-    cpuflags.apply()
+    cpuflags.apply(dict(kv.split('=', 1) for kv in sets).get('model.dtype', 'float32'))
   except ImportError:
     pass
   extra = dict(kv.split('=', 1) for kv in sets)  # Strings: the config parses them by type.

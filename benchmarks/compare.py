@@ -30,12 +30,11 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Replace the script's own directory: benchmarks/profile.py would shadow the stdlib `profile`.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from trainer import cpuflags, hostmalloc  # noqa: E402
+from trainer import hostmalloc  # noqa: E402
 
 # As the `trainer` command does, before any thread starts. Torch runs in this process and gets
 # the same allocator; TRAINER_MALLOC=default measures every variant with glibc's defaults.
 MALLOC = hostmalloc.apply()
-XLA_CPU = cpuflags.apply()  # XLA:CPU flags (trainer/cpuflags.py), as `trainer` sets them.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -261,12 +260,12 @@ def main():
     print(json.dumps({**{k: first['tokens_per_sec'].get(k) for k in
                          ('ours_bf16', 'ours_f32', 'torch_bf16', 'torch_f32')},
                       'case': a.cases[0], 'cpu': cpu, 'matmul_ceiling_gflops': ceil,
-                      'malloc': MALLOC, 'xla_cpu_flags': XLA_CPU,
+                      'malloc': MALLOC,
                       'cases': results}))
     return
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu}; '
         f'load average {os.getloadavg()[0]:.1f}; jax {jax.__version__}, torch {torch.__version__}; '
-        f'malloc: {MALLOC} (trainer/hostmalloc.py); XLA:CPU flags: {XLA_CPU} (trainer/cpuflags.py)')
+        f'malloc: {MALLOC} (trainer/hostmalloc.py)')
   print(f'matmul ceilings ({a.matmul}^3; torch bf16 {min(a.matmul, TORCH_BF16_MATMUL_MAX)}^3), '
         'GFLOP/s, best of before/after: '
         + ', '.join(f'{k} {v:,.0f}' for k, v in ceil.items()))

@@ -46,7 +46,7 @@ def child(case: str, steps: int):
   """Runs in the fresh process: applies the settings as `trainer` does, times the steps."""
   from trainer import cpuflags, hostmalloc
   decision = hostmalloc.apply()
-  cpuflags.apply()
+  cpuflags.apply('float32')  # The cases are float32, as `trainer` sets it for them.
   import numpy as np
   from trainer import data
   setup = build(*CASES[case][:2])

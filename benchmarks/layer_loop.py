@@ -69,7 +69,7 @@ def main():
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   from trainer import cpuflags, hostmalloc
   decision = hostmalloc.apply()
-  flags = cpuflags.apply()
+  flags = cpuflags.apply('float32')  # float32 steps, as `trainer` sets it for them.
   import jax
   print(f'date {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; cpu: {cpu_name()}; '
         f'load average {os.getloadavg()[0]:.1f}; malloc {decision}; XLA:CPU flags {flags}; '

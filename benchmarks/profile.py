@@ -27,10 +27,9 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Replace the script's own directory: benchmarks/profile.py would shadow the stdlib `profile`.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from trainer import cpuflags, hostmalloc  # noqa: E402
+from trainer import hostmalloc  # noqa: E402
 
 hostmalloc.apply()  # As the `trainer` command does.
-cpuflags.apply()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -15,10 +15,11 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
-from trainer import cpuflags, hostmalloc  # noqa: E402
+from trainer import hostmalloc  # noqa: E402
 
 hostmalloc.apply()  # As the `trainer` command does: the in-process tests' steps run faster.
-cpuflags.apply()    # As the `trainer` command does: tests compile what users run.
+# Not trainer/cpuflags.py's flag: it is set per run by model dtype, and the in-process tests
+# mix float32 and bfloat16 in one process (the `trainer` subprocesses get it as users do).
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -27,6 +28,17 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'data')  # Small real fixtures; see tests/data/README.md.
 sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(autouse=True)
+def xla_flags_restored():
+  """An in-process `trainer train` sets trainer/cpuflags.py's flag in this process's
+  XLA_FLAGS; later tests' subprocesses must not inherit it (a bfloat16 run would keep it)."""
+  before = os.environ.get('XLA_FLAGS')
+  yield
+  os.environ.pop('XLA_FLAGS', None)
+  if before is not None:
+    os.environ['XLA_FLAGS'] = before
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -22,7 +22,13 @@ SET = f'{cpuflags.FLAG}={cpuflags.VALUE}'
     ({'TRAINER_XLA_CPU': 'tuned'}, 'tuned'),
 ])
 def test_decision(env, expected):
-  assert cpuflags.decide(env) == expected
+  assert cpuflags.decide(env) == expected == cpuflags.decide(env, 'float32')
+
+
+def test_bfloat16_models_are_left_alone():
+  # With the flag, YNNPACK's dot fusions take bfloat16 operands converted to float32.
+  assert cpuflags.decide({'JAX_PLATFORMS': 'cpu'}, 'bfloat16') == 'not float32'
+  assert cpuflags.decide({'TRAINER_XLA_CPU': 'tuned'}, 'bfloat16') == 'not float32'
 
 
 def test_accelerator_hosts_and_unknown_jaxlibs_are_left_alone(monkeypatch):
@@ -36,12 +42,13 @@ def test_accelerator_hosts_and_unknown_jaxlibs_are_left_alone(monkeypatch):
 
 def test_apply_keeps_the_other_flags_and_sets_it_once():
   env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
-  assert cpuflags.apply(env) == 'tuned'
+  assert cpuflags.apply('float32', env) == 'tuned'
   assert env['XLA_FLAGS'] == f'--xla_force_host_platform_device_count=4 {SET}'
-  assert cpuflags.apply(env) == 'user settings'  # Set already (a child of a `trainer`).
+  assert cpuflags.apply('float32', env) == 'user settings'  # Set already (a child of a `trainer`).
   assert env['XLA_FLAGS'].count(cpuflags.FLAG) == 1
   env = {'JAX_PLATFORMS': 'cpu'}
-  assert cpuflags.apply(env) == 'tuned' and env['XLA_FLAGS'] == SET
+  assert cpuflags.apply('bfloat16', env) == 'not float32' and 'XLA_FLAGS' not in env
+  assert cpuflags.apply('float32', env) == 'tuned' and env['XLA_FLAGS'] == SET
 
 
 def test_a_bad_setting_is_one_line_and_exit_2(monkeypatch, capsys):
@@ -82,7 +89,7 @@ print(json.dumps({'losses': losses, 'dots_with_company': sum(company(bodies[c]) 
 
 def _probe(setting: str) -> dict:
   env = {**os.environ, 'TRAINER_XLA_CPU': setting, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  code = f'from trainer import cpuflags; print(cpuflags.apply(), flush=True)\n{_PROBE}'
+  code = f'from trainer import cpuflags; print(cpuflags.apply("float32"), flush=True)\n{_PROBE}'
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -50,8 +50,9 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _load_config(args, overrides):
-  import jax
   cfg = config_lib.load(args.config, overrides)
+  cpuflags.apply(cfg.model.dtype)  # Before JAX starts its CPU backend, which reads XLA_FLAGS once.
+  import jax
   config_lib.validate(cfg, jax.device_count(), jax.devices()[0].platform)
   return cfg
 
@@ -59,6 +60,7 @@ def _load_config(args, overrides):
 def cmd_train(args, overrides) -> int:
   cfg = config_lib.load(args.config, overrides)
   config_lib.check_values(cfg)  # Bad keys and values stop here: before JAX, before the cluster.
+  cpuflags.apply(cfg.model.dtype)  # Before JAX starts its CPU backend, which reads XLA_FLAGS once.
   distributed.initialize(distributed.from_args(args))
   import jax
   from trainer import loop
@@ -333,7 +335,7 @@ def entry() -> int:
   """The ``trainer`` command: _run(), then an exit that does not wait for abandoned writes."""
   try:
     hostmalloc.apply()  # Before JAX starts its threads: CPU steps reuse their memory.
-    cpuflags.apply()  # Before JAX starts its CPU backend, which reads XLA_FLAGS once.
+    cpuflags.decide()  # A bad TRAINER_XLA_CPU stops here; the verbs apply it by dtype.
   except ValueError as e:  # A bad TRAINER_MALLOC or TRAINER_XLA_CPU: nothing has started yet.
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -17,6 +17,11 @@ trainer/hostmalloc.py, it is set only where JAX runs on the CPU (no TPU or GPU d
 or ``JAX_PLATFORMS=cpu``), never over the user's own setting of that flag in XLA_FLAGS, and
 only before JAX has started its CPU backend (XLA reads XLA_FLAGS once, then).
 ``TRAINER_XLA_CPU=default`` turns it off; ``=tuned`` sets it on an accelerator host too.
+
+Only for float32 models: with the flag, YNNPACK's dot fusions take bfloat16 operands
+converted to float32, so a bfloat16 model's dots would run in float32 (the compiled step
+shows it; tests/test_model.py's bfloat16 checks caught it). The flag is process-wide and
+read once, so the command sets it after reading the config and before JAX starts.
 """
 from __future__ import annotations
 
@@ -38,14 +43,17 @@ def _jaxlib() -> tuple[int, ...] | None:
     return None
 
 
-def decide(environ=os.environ) -> str:
-  """'tuned' or why not: 'off', 'user settings', 'accelerator host', 'jaxlib not known'.
+def decide(environ=os.environ, dtype: str = 'float32') -> str:
+  """'tuned' or why not: 'off', 'not float32', 'user settings', 'accelerator host',
+  'jaxlib not known'. `dtype` is the model's compute dtype (``model.dtype``).
 
   Raises ValueError for a TRAINER_XLA_CPU value other than 'default' or 'tuned'.
   """
   choice = hostmalloc.setting(environ, ENV, "XLA's")
   if choice == 'default':
     return 'off'
+  if dtype != 'float32':  # YNNPACK's dot fusions would run bfloat16 dots in float32.
+    return 'not float32'
   if any(f.split('=', 1)[0] == FLAG for f in environ.get('XLA_FLAGS', '').split()):
     return 'user settings'
   if _jaxlib() not in KNOWN_JAXLIB:
@@ -55,9 +63,9 @@ def decide(environ=os.environ) -> str:
   return 'tuned'
 
 
-def apply(environ=os.environ) -> str:
+def apply(dtype: str, environ=os.environ) -> str:
   """Adds FLAG to XLA_FLAGS when decide() says so; returns the decision."""
-  decision = decide(environ)
+  decision = decide(environ, dtype)
   if decision == 'tuned':
     environ['XLA_FLAGS'] = ' '.join(filter(None, [environ.get('XLA_FLAGS', ''),
                                                   f'{FLAG}={VALUE}']))
