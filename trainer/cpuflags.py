@@ -1,4 +1,4 @@
-"""XLA:CPU compiler settings for CPU runs, put in XLA_FLAGS at process start.
+"""XLA:CPU compiler settings for float32 CPU runs, put in XLA_FLAGS before JAX starts.
 
 XLA:CPU hands each dot of a step to YNNPACK (its successor to XNNPACK) as a fusion of its
 own. By default (jaxlib 0.10) that fusion holds the dot alone, so the reshapes around it,
