@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from trainer import cli, data, loop, mixture, prepare, rows
+from trainer import cli, data, mixture, prepare, rows
 from trainer.config import ConfigError
 
 from conftest import DATA, tiny_config
