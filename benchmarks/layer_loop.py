@@ -1,4 +1,4 @@
-"""The layer loop three ways: nn.scan (the default), the scan unrolled away, in line.
+"""The layer loop three ways: nn.scan, the scan unrolled away, in line.
 
     python benchmarks/layer_loop.py                          # nano, nano8, then gpt2-124M
     python benchmarks/layer_loop.py --cases nano --rounds 10
@@ -6,8 +6,9 @@
 One process, with trainer/hostmalloc.py's and trainer/cpuflags.py's settings as the
 `trainer` command applies them, builds our real train step (float32, dropout off, remat
 --remat, one CPU device) three ways for a case: the layers in one nn.scan loop
-(`model.scan_layers=True`, `scan_unroll=1`, the default), the same stacked layers with the
-loop unrolled away (`scan_unroll=0`), and the layers as separate modules in line
+(`model.scan_layers=True`, `scan_unroll=1`, the default beyond 8 layers or off a CPU), the
+same stacked layers with the loop unrolled away (`scan_unroll=0`, the default for these
+cases but gpt2-124m on a CPU), and the layers as separate modules in line
 (`scan_layers=False`). It times each compile (no persistent compilation cache), then runs
 them in alternating blocks of --steps steps (A B C A B C ...) so drift hits all alike, and
 prints the median ms per step, XLA's temporaries for the step (`memory_analysis`) and how
@@ -36,7 +37,7 @@ CASES = {
 
 
 HLO_OPS = ('slice', 'concatenate', 'dynamic-slice', 'dynamic-update-slice')
-VARIANTS = {'scan': {}, 'scan_unroll=0': {'model.scan_unroll': 0},
+VARIANTS = {'scan': {'model.scan_unroll': 1}, 'scan_unroll=0': {'model.scan_unroll': 0},
             'in line': {'model.scan_layers': False}}
 
 

@@ -15,7 +15,7 @@ TINY = f'--config={ROOT}/configs/tiny.py'
     (['--config.model.scan_unroll=9'], '--config.model.scan_unroll=9 is more than --config.model.num_layers='),
     (['--config.model.scan_unroll=0', '--config.model.scan_layers=false'],
      'but --config.model.scan_layers=false has none'),
-    (['--config.model.scan_unroll=-1'], '--config.model.scan_unroll=-1: must be an integer'),
+    (['--config.model.scan_unroll=-2'], '--config.model.scan_unroll=-2: must be -1 or an integer'),
     (['--config.model.attention=cudnn'], '--config.model.attention=cudnn needs '
      '--config.model.dtype=bfloat16'),
     (['--config.model.attention=cudnn', '--config.model.dtype=bfloat16',

@@ -10,7 +10,7 @@ import torch
 import transformers
 from flax import linen as nn
 
-from trainer import config, hf
+from trainer import config, hf, model
 from trainer.model import Decoder, ModelConfig, flops_per_token, param_count
 
 from conftest import ROOT
@@ -114,7 +114,8 @@ def test_scan_and_remat_do_not_change_the_math():
 
 def test_scan_unroll_keeps_the_parameters_and_drops_the_loop():
   """scan_unroll=0: the same stacked parameters from the same seed, and no loop compiled."""
-  cfg = ModelConfig(vocab_size=300, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=3)
+  cfg = ModelConfig(vocab_size=300, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=3,
+                    scan_unroll=1)
   unrolled = dataclasses.replace(cfg, scan_unroll=0)
   tokens = jnp.zeros((1, 2), jnp.int32)
   params = nn.unbox(Decoder(cfg).init(jax.random.PRNGKey(0), tokens))
@@ -128,6 +129,27 @@ def test_scan_unroll_keeps_the_parameters_and_drops_the_loop():
     return grad.lower(params).compile().as_text().count(' while(')
   assert loops(cfg) >= 2  # The forward loop and its transpose.
   assert loops(unrolled) == 0
+  # -1 (the default) on this CPU: unrolled up to AUTO_UNROLL_LAYERS layers without remat.
+  auto = dataclasses.replace(cfg, scan_unroll=-1)
+  assert jax.default_backend() == 'cpu' and cfg.num_layers <= model.AUTO_UNROLL_LAYERS
+  assert loops(auto) == 0
+  assert loops(dataclasses.replace(auto, remat='dots')) >= 2
+
+
+def test_scan_unroll_minus_one_chooses_by_platform_depth_and_remat():
+  cfg = ModelConfig(num_layers=model.AUTO_UNROLL_LAYERS)
+  assert cfg.scan_unroll == -1  # The default.
+  assert cfg.layers_per_trip('cpu') == cfg.num_layers and not cfg.layers_in_loop('cpu')
+  for other in ('tpu', 'gpu', None):
+    assert cfg.layers_per_trip(other) == 1 and cfg.layers_in_loop(other)
+  deeper = dataclasses.replace(cfg, num_layers=cfg.num_layers + 1)
+  assert deeper.layers_per_trip('cpu') == 1
+  for remat in ('dots', 'full'):  # On a CPU remat saves memory only in the loop.
+    assert dataclasses.replace(cfg, remat=remat).layers_per_trip('cpu') == 1
+  for unroll, want in ((0, cfg.num_layers), (1, 1), (2, 2)):  # Set values are kept everywhere.
+    c = dataclasses.replace(cfg, scan_unroll=unroll)
+    assert c.layers_per_trip('cpu') == c.layers_per_trip('tpu') == want
+  assert not dataclasses.replace(cfg, scan_layers=False).layers_in_loop('tpu')
 
 
 @pytest.mark.parametrize('remat', ['none', 'dots', 'full'])

@@ -92,7 +92,8 @@ def test_wsd_extends_a_run_without_a_jump(tmp_path, capsys):
 
 
 def test_another_batch_size_continues_at_the_same_token(tmp_path, capsys):
-  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0']
+  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0',
+           '--config.model.scan_unroll=1']
   assert run_cli(capsys, tmp_path, *flags, '--config.train.steps=2')[0] == 0
   code, out = run_cli(capsys, tmp_path, *flags, '--config.train.steps=3',
                       '--config.train.batch_size=16')
@@ -116,10 +117,11 @@ def test_a_run_resumes_with_another_scan_unroll(tmp_path, capsys):
   """model.scan_unroll changes the compiled loop, not the checkpoint: a resumed run that
   unrolls it logs the uninterrupted scanned run's losses."""
   straight, split = tmp_path / 'straight', tmp_path / 'split'
-  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0']
+  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0',
+           '--config.model.scan_unroll=1']
   assert run_cli(capsys, straight, *flags, '--config.train.steps=4')[0] == 0
   assert run_cli(capsys, split, *flags, '--config.train.steps=2')[0] == 0
-  code, out = run_cli(capsys, split, *flags, '--config.train.steps=4',
+  code, out = run_cli(capsys, split, *flags[:-1], '--config.train.steps=4',
                       '--config.model.scan_unroll=0')
   assert code == 0, out.err
   want, got = records(straight), records(split)

@@ -88,7 +88,7 @@ def test_remat_without_the_layer_loop_on_a_cpu_says_it_saves_nothing(tmp_path, c
   """XLA:CPU schedules the recomputation early without a loop (docs/performance.md, 9)."""
   from trainer import cli
   note = 'saves no memory on a CPU without the layer loop'
-  for unroll, said in (('0', True), ('1', False)):
+  for unroll, said in (('0', True), ('1', False), ('-1', False)):  # -1 keeps the loop for remat.
     assert cli.main(['train', '--config=configs/tiny.py', f'--workdir={tmp_path}/{unroll}',
                      '--config.train.steps=1', '--config.model.remat=dots',
                      f'--config.model.scan_unroll={unroll}']) == 0

@@ -59,11 +59,12 @@ def _declare() -> ml_collections.ConfigDict:
   m.dtype = Key('float32', choices=('float32', 'bfloat16'))  # Compute dtype; params stay float32.
   m.scan_layers = Key(True)      # nn.scan over blocks: compile time independent of depth.
                              # False: layers in line, each its own parameters (h_0, h_1, ...).
-  m.scan_unroll = Key(1, ge=0)   # Layers per iteration of that loop; 0: all of them, so no
-                             # loop is left but the stacked parameters stay (checkpoints
-                             # resume across values). A few-layer model on a CPU steps ~10%
-                             # faster with 0; compiles grow with depth, and on a CPU remat
-                             # saves no memory without the loop (docs/performance.md, 9).
+  m.scan_unroll = Key(-1, ge=0, also=(-1,))  # Layers per iteration of that loop; 0: all
+                             # of them, so no loop is left but the stacked parameters stay
+                             # (checkpoints resume across values). -1: chosen by platform,
+                             # 0 on a CPU for at most 8 layers without remat (a 4-layer step
+                             # ~1.2x faster), else 1: compiles grow with depth, and on a CPU
+                             # remat saves no memory without the loop (docs/performance.md, 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
   m.attention = Key('auto', choices=('auto', 'xla', 'splash', 'cudnn'))  # Causal self-attention
                              # in training and evaluation. xla: softmax attention as XLA ops;
@@ -320,7 +321,7 @@ def validate(cfg, num_devices: int, platform: str | None = None) -> tuple[int, i
   _require(m.scan_unroll <= m.num_layers,
            f'--config.model.scan_unroll={m.scan_unroll} is more than --config.model.num_layers='
            f'{m.num_layers}; use at most {m.num_layers} (0 unrolls all layers)')
-  _require(m.scan_layers or m.scan_unroll == 1,
+  _require(m.scan_layers or m.scan_unroll in (-1, 1),
            f'--config.model.scan_unroll={m.scan_unroll} unrolls the layer loop, but '
            '--config.model.scan_layers=false has none; drop scan_unroll or set scan_layers=true')
   if m.attention == 'splash':

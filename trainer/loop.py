@@ -178,7 +178,7 @@ def _run(cfg, workdir: str, ckpts, preemption, goodput, streams) -> dict:
   if m.attention == 'splash' and platform != 'tpu':
     _say('note: model.attention=splash off TPU runs the kernel in Pallas\'s interpreter, many '
          'times slower than attention=auto (meant for tests)')
-  if m.remat != 'none' and platform == 'cpu' and not m.layers_in_loop:
+  if m.remat != 'none' and platform == 'cpu' and not m.layers_in_loop(platform):
     _say(f'note: model.remat={m.remat} saves no memory on a CPU without the layer loop '
          '(scan_layers=false or scan_unroll unrolling every layer); it only repeats work here')
   task_evals = evalrun.DuringTraining(cfg, setup, streams.tokenizer)  # Bad files fail here.

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
+# model.scan_unroll=-1 unrolls the layer loop of a CPU model up to this deep (layers_per_trip).
+AUTO_UNROLL_LAYERS = 8
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -43,7 +45,7 @@ class ModelConfig:
   scale_residual_init: bool = True
   dtype: str = 'float32'
   scan_layers: bool = True
-  scan_unroll: int = 1
+  scan_unroll: int = -1
   remat: str = 'none'
   attention: str = 'auto'
   loss_chunk: int = 0
@@ -57,10 +59,24 @@ class ModelConfig:
     k = self.vocab_pad_multiple
     return -(-self.vocab_size // k) * k
 
-  @property
-  def layers_in_loop(self) -> bool:
-    """Whether the blocks run in a loop: scanned, and not unrolled into every layer."""
-    return self.scan_layers and (self.scan_unroll or self.num_layers) < self.num_layers
+  def layers_per_trip(self, platform: str | None) -> int:
+    """nn.scan's ``unroll`` on ``platform``: ``scan_unroll``, with 0 read as every layer.
+
+    -1 (the default) chooses by platform: every layer of a model of at most
+    AUTO_UNROLL_LAYERS layers without remat on a CPU, where the loop's own cost per step
+    shows and such compiles stay short; one layer per trip elsewhere, where the loop keeps
+    deep compiles short and, on a CPU, is what lets remat save memory (docs/performance.md, 9).
+    """
+    unroll = self.scan_unroll
+    if unroll == -1:
+      shallow_cpu = (platform == 'cpu' and self.remat == 'none'
+                     and self.num_layers <= AUTO_UNROLL_LAYERS)
+      unroll = 0 if shallow_cpu else 1
+    return unroll or self.num_layers
+
+  def layers_in_loop(self, platform: str | None) -> bool:
+    """Whether the blocks run in a loop on ``platform``: scanned, and not unrolled into every layer."""
+    return self.scan_layers and self.layers_per_trip(platform) < self.num_layers
 
   @property
   def head_dim(self) -> int:
@@ -398,16 +414,16 @@ class Decoder(nn.Module):
     x_BLE = nn.Dropout(cfg.embed_dropout, deterministic=self.deterministic)(x_BLE)
     x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
 
-    block = Block
+    block, platform = Block, _mesh_platform() or jax.default_backend()
     if cfg.remat != 'none':
       # Inside a loop XLA cannot merge the recomputed forward with the original one; with
       # the layers in line (or the loop fully unrolled) it could, undoing the remat.
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat],
-                       prevent_cse=not cfg.layers_in_loop)
+                       prevent_cse=not cfg.layers_in_loop(platform))
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                       in_axes=(0, nn.broadcast), length=cfg.num_layers,
-                      unroll=cfg.scan_unroll or cfg.num_layers,
+                      unroll=cfg.layers_per_trip(platform),
                       metadata_params={nn.PARTITION_NAME: 'layers'})
       x_BLE, new_cache = stack(cfg, self.deterministic, name='h')(x_BLE, cache, positions_BL)
     else:
