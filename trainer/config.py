@@ -63,7 +63,7 @@ def _declare() -> ml_collections.ConfigDict:
                              # of them, so no loop is left but the stacked parameters stay
                              # (checkpoints resume across values). -1: chosen by platform,
                              # 0 on a CPU for at most 8 layers without remat (a 4-layer step
-                             # ~1.2x faster), else 1: compiles grow with depth, and on a CPU
+                             # ~1.3x faster), else 1: compiles grow with depth, and on a CPU
                              # remat saves no memory without the loop (docs/performance.md, 9).
   m.remat = Key('none', choices=('none', 'dots', 'full'))  # Rematerialisation; dots: save matmuls.
   m.attention = Key('auto', choices=('auto', 'xla', 'splash', 'cudnn'))  # Causal self-attention
