@@ -110,3 +110,16 @@ def test_more_fsdp_suggestion_respects_the_hidden_width():
   assert aot._suggestions(cfg, report) == [
       'more FSDP: move data-parallel devices into fsdp (--config.mesh.data=4 --config.mesh.fsdp=64); '
       'parameters and optimizer state shrink by 2x']
+
+
+def test_the_default_layer_loop_is_chosen_for_the_target_not_this_cpu():
+  """model.scan_unroll=-1 unrolls a shallow model on a CPU but keeps the loop for a TPU
+  target, though this CPU traces both (the platform comes from the mesh, as under
+  `trainer compile`)."""
+  from trainer import train
+  def loops(devices):
+    cfg = tiny_config(**{'mesh.fsdp': len(devices)})
+    assert cfg.model.scan_unroll == -1 and cfg.model.remat == 'none'
+    return train.build(cfg, devices).lower_train_step().as_text().count('stablehlo.while')
+  assert loops(jax.devices()[:4]) == 0
+  assert loops(aot.topology_devices(aot.parse('v4-8'))) >= 2  # Forward and backward.
