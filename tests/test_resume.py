@@ -92,8 +92,7 @@ def test_wsd_extends_a_run_without_a_jump(tmp_path, capsys):
 
 
 def test_another_batch_size_continues_at_the_same_token(tmp_path, capsys):
-  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0',
-           '--config.model.scan_unroll=1']
+  flags = ['--config.optim.schedule=constant', '--config.optim.warmup_steps=0']
   assert run_cli(capsys, tmp_path, *flags, '--config.train.steps=2')[0] == 0
   code, out = run_cli(capsys, tmp_path, *flags, '--config.train.steps=3',
                       '--config.train.batch_size=16')

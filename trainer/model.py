@@ -19,6 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 # model.scan_unroll=-1 unrolls the layer loop of a CPU model up to this deep (layers_per_trip).
 AUTO_UNROLL_LAYERS = 8
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Typed view of ``config.model``; see trainer/config.py for each field."""
