@@ -17,6 +17,7 @@ losses). Cases, steps per block and the step's set-up are benchmarks/layer_loop.
 preset at sequence 256, batch 4.
 """
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -37,12 +38,15 @@ def child(tree: str, case: str, steps: int, sets: list):
   sys.modules.pop('trainer', None)
   from trainer import hostmalloc
   hostmalloc.apply()
+  extra = dict(kv.split('=', 1) for kv in sets)  # Strings: the config parses them by type.
   try:  # A tree from before trainer/cpuflags.py runs without it, as its `trainer` did.
     from trainer import cpuflags
-    cpuflags.apply(dict(kv.split('=', 1) for kv in sets).get('model.dtype', 'float32'))
   except ImportError:
-    pass
-  extra = dict(kv.split('=', 1) for kv in sets)  # Strings: the config parses them by type.
+    cpuflags = None
+  if cpuflags and 'dtype' in inspect.signature(cpuflags.apply).parameters:
+    cpuflags.apply(extra.get('model.dtype', 'float32'))
+  elif cpuflags:  # Before 07ebe18 its `trainer` set the flag whatever the dtype.
+    cpuflags.apply()
   setup, state, step, compile_s = layer_loop.build(case, extra)
   batches = layer_loop.random_batches(setup)
   losses = []
