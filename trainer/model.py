@@ -261,6 +261,11 @@ def _mesh_platform() -> str | None:
   return device and device.platform
 
 
+def _traced_platform() -> str:
+  """The platform this trace is for: the mesh's if there is one, else this process's backend."""
+  return _mesh_platform() or jax.default_backend()
+
+
 def _use_splash(choice: str, length: int) -> bool:
   """Whether causal attention over ``length`` runs in the splash kernel (``model.attention``)."""
   if choice == 'xla' or splash_block(length) is None:
@@ -292,7 +297,7 @@ def splash_attention(q_BLHD, k_BLHD, v_BLHD, scale: float):
       masks.MultiHeadMask([masks.CausalMask((L, L))] * heads), head_shards=1, q_seq_shards=1,
       block_sizes=kernels.BlockSizes(block, block, block_q_dkv=block, block_kv_dkv=block,
                                      block_q_dq=block, block_kv_dq=block),
-      interpret=(_mesh_platform() or jax.default_backend()) != 'tpu')
+      interpret=_traced_platform() != 'tpu')
 
   def local(q_BLHD, k_BLHD, v_BLHD):  # The kernel takes [heads, length, head_dim] per row.
     to_HLD = lambda x: x.transpose(0, 2, 1, 3)
@@ -415,7 +420,7 @@ class Decoder(nn.Module):
     x_BLE = nn.Dropout(cfg.embed_dropout, deterministic=self.deterministic)(x_BLE)
     x_BLE = nn.with_logical_constraint(x_BLE, ('act_batch', 'act_length', 'act_embed'))
 
-    block, platform = Block, _mesh_platform() or jax.default_backend()
+    block, platform = Block, _traced_platform()
     if cfg.remat != 'none':
       # Inside a loop XLA cannot merge the recomputed forward with the original one; with
       # the layers in line (or the loop fully unrolled) it could, undoing the remat.
