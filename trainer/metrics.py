@@ -19,8 +19,12 @@ import jax.numpy as jnp
 from trainer import hardware, model, storage
 
 
-def measure_peak_flops(dtype: str, size: int = 2048, repeats: int = 3) -> float:
-  """Best dense-matmul FLOP/s of one device in the compute dtype (float32 accumulation)."""
+def measure_peak_flops(dtype: str, size: int = 1024, repeats: int = 8) -> float:
+  """Best dense-matmul FLOP/s of one device in the compute dtype (float32 accumulation).
+
+  Every CPU run measures it at start. At 1024 it takes a fifth of the time 2048 took and
+  gives a ceiling at least as high (benchmarks/startup.py; docs/benchmarks.md).
+  """
   dt = jnp.dtype(dtype)
   a = jnp.ones((size, size), dt)
   matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
