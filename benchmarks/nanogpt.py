@@ -21,11 +21,20 @@ section 9). Rounds alternate nanoGPT and ours (A B C D A B C D) so drift hits al
 
 Per-iteration time: nanoGPT's median "iter N: ... time X ms" line; ours, the median
 step_time_s of metrics.jsonl (steps and data waits, without compile and evaluation).
-Validation loss: nanoGPT's last "val loss" with --eval_iters (200 by default: 150k
-characters drawn at random from the 111k-character validation half); ours, the whole
-validation half in order (eval_batches covers it). Both are nats per character.
+
+Validation loss, nats per character, two ways:
+* `val_loss`, each framework's own figure: nanoGPT's last "val loss" (the mean of
+  --eval_iters random batches: 200 by default, 150k characters drawn from the
+  111k-character validation half); ours, the last eval_loss of metrics.jsonl.
+* `val_loss_rows`, one evaluator for both, the figure the loss target compares: the
+  validation half cut into consecutive rows of 65 characters (64 predicted per row), as
+  many whole batches of 12 as it holds. Ours evaluates exactly those rows during training
+  (eval_batches covers them); nanoGPT's final weights (its ckpt.pt, saved at the last
+  iteration with --always_save_checkpoint=True) are scored on the same rows here with its
+  own model.py.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -85,9 +94,38 @@ def prepare_ours(text: str, work: str) -> str:
   return out
 
 
+def val_rows(work: str) -> int:
+  """Rows of BLOCK + 1 characters that both evaluate: whole batches within the validation half."""
+  return os.path.getsize(os.path.join(work, 'val.txt')) // (BLOCK + 1) // BATCH * BATCH
+
+
+def nanogpt_rows_loss(nano: str, out_dir: str, rows: int) -> tuple[float, int]:
+  """(mean loss, iteration) of nanoGPT's ckpt.pt on the first `rows` consecutive rows of its
+  val.bin, scored by its own model.py in batches of BATCH."""
+  import numpy as np
+  import torch
+  sys.path.insert(0, nano)
+  try:
+    from model import GPT, GPTConfig
+  finally:
+    sys.path.remove(nano)
+  ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu')
+  with contextlib.redirect_stdout(sys.stderr):  # It prints its parameter count.
+    net = GPT(GPTConfig(**ckpt['model_args']))
+  net.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
+  net.eval()
+  val = np.fromfile(os.path.join(nano, 'data', 'shakespeare_char', 'val.bin'), np.uint16)
+  windows = torch.from_numpy(val[:rows * (BLOCK + 1)].astype(np.int64).reshape(rows, BLOCK + 1))
+  with torch.no_grad():
+    losses = [net(w[:, :-1].contiguous(), w[:, 1:].contiguous())[1].item()
+              for w in windows.split(BATCH)]
+  return statistics.fmean(losses), ckpt['iter_num']
+
+
 def run_nanogpt(nano: str, iters: int, eval_iters: int, work: str) -> dict:
   cmd = [sys.executable, 'train.py', 'config/train_shakespeare_char.py', '--device=cpu',
          '--compile=False', f'--eval_iters={eval_iters}', '--log_interval=1',
+         '--always_save_checkpoint=True',
          f'--block_size={BLOCK}', f'--batch_size={BATCH}', f'--n_layer={LAYERS}',
          f'--n_head={HEADS}', f'--n_embd={WIDTH}', f'--max_iters={iters}',
          f'--lr_decay_iters={iters}', '--dropout=0.0', f'--out_dir={work}/nano-out',
@@ -97,13 +135,14 @@ def run_nanogpt(nano: str, iters: int, eval_iters: int, work: str) -> dict:
   wall = time.perf_counter() - start
   times = [float(t) for t in re.findall(r'^iter \d+: loss [\d.]+, time ([\d.]+)ms', out, re.M)]
   vals = re.findall(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', out, re.M)
+  rows_loss, rows_step = nanogpt_rows_loss(nano, f'{work}/nano-out', val_rows(work))
+  assert rows_step == int(vals[-1][0]) == iters, (rows_step, vals[-1], iters)
   return {'ms_per_iter': statistics.median(times[1:]), 'val_loss': float(vals[-1][2]),
-          'val_step': int(vals[-1][0]), 'wall_s': wall}
+          'val_loss_rows': rows_loss, 'val_step': int(vals[-1][0]), 'wall_s': wall}
 
 
 def run_ours(data_dir: str, iters: int, work: str, layers: dict) -> dict:
   workdir = os.path.join(work, f'ours-{time.monotonic_ns()}')
-  val_rows = (os.path.getsize(os.path.join(work, 'val.txt')) + 1) // (BLOCK + 1)
   overrides = {
       'data.path': data_dir, 'model.vocab_size': 257, 'model.max_len': BLOCK,
       'model.embed_dim': WIDTH, 'model.num_layers': LAYERS, 'model.num_heads': HEADS,
@@ -111,7 +150,7 @@ def run_ours(data_dir: str, iters: int, work: str, layers: dict) -> dict:
       'model.embed_dropout': 0.0, 'model.attn_dropout': 0.0,
       'train.steps': iters, 'train.batch_size': BATCH, 'train.seq_len': BLOCK,
       'train.log_every': 1, 'train.eval_every': eval_interval(iters),
-      'train.eval_batches': val_rows // BATCH,
+      'train.eval_batches': val_rows(work) // BATCH,
       'train.sample_tokens': 0, 'optim.lr': 1e-3, 'optim.warmup_steps': 100,
       'optim.schedule': 'cosine', 'optim.min_lr_ratio': 0.1, 'optim.b1': 0.9,
       'optim.b2': 0.99, 'optim.weight_decay': 0.1, 'optim.decay_embeddings': True,
@@ -126,8 +165,9 @@ def run_ours(data_dir: str, iters: int, work: str, layers: dict) -> dict:
     records = [json.loads(line) for line in f]
   steps = [r['step_time_s'] for r in records if 'loss' in r and r['step'] > 1]
   evals = [r for r in records if 'eval_loss' in r]
-  return {'ms_per_iter': 1000 * statistics.median(steps), 'val_loss': evals[-1]['eval_loss'],
-          'val_step': evals[-1]['step'], 'wall_s': wall}
+  loss = evals[-1]['eval_loss']  # Exactly the val_rows(work) rows: the same for both.
+  return {'ms_per_iter': 1000 * statistics.median(steps), 'val_loss': loss,
+          'val_loss_rows': loss, 'val_step': evals[-1]['step'], 'wall_s': wall}
 
 
 def main():
@@ -153,23 +193,27 @@ def main():
                else run_ours(data_dir, args.iters, work, layers[name]))
         runs[name].append(res)
         log(f'round {r + 1} {name}: {res["ms_per_iter"]:.1f} ms/iter, val loss '
-            f'{res["val_loss"]:.4f} at step {res["val_step"]}, {res["wall_s"]:.0f} s wall')
+            f'{res["val_loss"]:.4f} (same rows {res["val_loss_rows"]:.4f}) at step '
+            f'{res["val_step"]}, {res["wall_s"]:.0f} s wall')
   summary = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
              for name, rs in runs.items()}
   for name, suffix, _ in OURS:
     summary['speed_ratio' + suffix] = summary['nanogpt']['ms_per_iter'] / summary[name]['ms_per_iter']
-    summary['val_loss_diff' + suffix] = summary[name]['val_loss'] - summary['nanogpt']['val_loss']
+    summary['val_loss_diff' + suffix] = (summary[name]['val_loss_rows'] -
+                                         summary['nanogpt']['val_loss_rows'])
   summary['cpu'], summary['iters'], summary['rounds'] = cpu_name(), args.iters, args.rounds
   if args.json:
     print(json.dumps(summary))
     return
-  print(f'| | ms per iteration | final val loss | wall s |\n|---|---|---|---|')
+  print('| | ms per iteration | val loss, same rows | val loss, own figure | wall s |\n'
+        '|---|---|---|---|---|')
   for name in runs:
     s = summary[name]
-    print(f'| {name} | {s["ms_per_iter"]:.1f} | {s["val_loss"]:.4f} | {s["wall_s"]:.0f} |')
+    print(f'| {name} | {s["ms_per_iter"]:.1f} | {s["val_loss_rows"]:.4f} | {s["val_loss"]:.4f} '
+          f'| {s["wall_s"]:.0f} |')
   for name, suffix, _ in OURS:
     print(f'{name} speed / nanoGPT speed: {summary["speed_ratio" + suffix]:.2f}x; val loss '
-          f'{name} - nanoGPT: {summary["val_loss_diff" + suffix]:+.4f}')
+          f'{name} - nanoGPT on the same rows: {summary["val_loss_diff" + suffix]:+.4f}')
   print(f'({args.iters} iterations, {args.rounds} rounds, {cpu_name()})')
 
 
