@@ -6,7 +6,7 @@
 Each round runs, in fresh processes, for every interpreter in turn (A B A B ...):
 * `import ml_dtypes` and `import jax`: the cumulative microseconds of `python -X importtime`;
 * the CPU peak measurement the trainer runs at start (metrics.measure_peak_flops) at the
-  size it uses and at the 2048 it used before, in the model's default dtype: seconds and
+  size it uses and at the 2048 it used before, in float32 (tiny's dtype): seconds and
   GFLOP/s;
 * a 4-step tiny run (configs/tiny.py, one CPU device, a fresh workdir, a persistent
   compilation cache warmed before the first round, so the step compiles are cache hits as
@@ -32,7 +32,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[0] = ROOT
 from benchmarks.machine import cpu_name  # noqa: E402
 
-PHASES = ('model', 'compiled', 'step 1', 'last step', 'exit')
+STEPS = 4
+# Each phase ends when the run prints the line that starts so; 'exit' when the process ends.
+LINES = {'model': 'model:', 'compiled': 'compiled', 'step 1': 'step      1 |',
+         'last step': f'step {STEPS:6d} |'}
+PHASES = (*LINES, 'exit')
 PEAK = ('import sys, time; from trainer import metrics\n'
         'for size, repeats in ((1024, 8), (2048, 3)):\n'
         '  start = time.perf_counter(); flops = metrics.measure_peak_flops("float32", size, repeats)\n'
@@ -64,14 +68,13 @@ def tiny_run(python: str, cache: str, work: str) -> dict:
   """Seconds from the process's start to each phase of a 4-step tiny run."""
   workdir = tempfile.mkdtemp(dir=work)
   cmd = [python, '-u', '-m', 'trainer', 'train', '--config=configs/tiny.py',
-         '--config.train.steps=4', '--config.train.eval_batches=1', f'--workdir={workdir}']
+         f'--config.train.steps={STEPS}', '--config.train.eval_batches=1', f'--workdir={workdir}']
   seen, start = {}, time.perf_counter()
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env(cache), stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True)
   for line in proc.stdout:
     now = time.perf_counter() - start
-    for phase, prefix in (('model', 'model:'), ('compiled', 'compiled'),
-                          ('step 1', 'step      1 |'), ('last step', 'step      4 |')):
+    for phase, prefix in LINES.items():
       if line.startswith(prefix):
         seen.setdefault(phase, now)
   if proc.wait():
