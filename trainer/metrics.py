@@ -23,8 +23,8 @@ def measure_peak_flops(dtype: str, size: int = 1024, repeats: int = 8) -> float:
   """Best dense-matmul FLOP/s of one device in the compute dtype (float32 accumulation).
 
   Every CPU run measures it at start. At 1024 x 8 it took 0.42-0.53 s against 0.78 s at
-  2048 x 3, compile included, and found a ceiling at least as high (benchmarks/startup.py;
-  docs/benchmarks.md).
+  2048 x 3, compile included, and found as high a ceiling (higher in the medians of five
+  rounds, 1% lower in one later round: benchmarks/startup.py; docs/benchmarks.md).
   """
   dt = jnp.dtype(dtype)
   a = jnp.ones((size, size), dt)
